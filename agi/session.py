@@ -1,0 +1,134 @@
+"""One FastAGI session: send a command, wait for *its* reply, never mistake HANGUP for a reply."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from .protocol import AGIProtocolError, Connection, Environment, HangupNotice, Reply, app_data
+
+if TYPE_CHECKING:
+    from .server import ServerLimits
+
+log = logging.getLogger("madoguchi.agi")
+
+
+class AGIClosed(Exception):
+    """The session is over: Asterisk closed the socket, or a reply did not come in time."""
+
+
+class AGIHangup(AGIClosed):
+    """The channel is gone (511 on a dead channel): stop issuing media commands."""
+
+
+class AGISession:
+    def __init__(self, env: Environment, conn: Connection, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, limits: "ServerLimits"):
+        self.env = env
+        self._conn = conn
+        self._reader = reader
+        self._writer = writer
+        self._limits = limits
+        self._lock = asyncio.Lock()
+        self.closed = False
+
+    @property
+    def hungup(self) -> bool:
+        """True once Asterisk sent ``HANGUP`` (seen while reading replies)."""
+        return self._conn.hungup
+
+    @property
+    def uniqueid(self) -> str:
+        return self.env["uniqueid"]
+
+    # ------------------------------------------------------------ the one primitive
+
+    async def command(self, verb: str, *args: str | int, timeout: float | None = None) -> Reply:
+        """Send one command and return its reply.
+
+        ``timeout`` bounds the wait for the reply; media commands pass their own. On timeout the
+        session is closed: a late reply would otherwise be taken for the next command's.
+        """
+        if self.closed:
+            raise AGIClosed("session closed")
+        async with self._lock:
+            line = self._conn.command(verb, *args)
+            try:
+                self._writer.write(line)
+                await asyncio.wait_for(self._writer.drain(), self._limits.write_timeout)
+                reply = await asyncio.wait_for(self._read_reply(),
+                                               self._limits.command_timeout if timeout is None else timeout)
+            except asyncio.TimeoutError:
+                self.closed = True
+                log.warning("AGI %s: no reply to %r in time; session closed", self.uniqueid, verb)
+                raise AGIClosed(f"timeout waiting for reply to {verb}") from None
+            except (ConnectionError, OSError) as e:
+                self.closed = True
+                raise AGIClosed(f"connection lost during {verb}: {e}") from None
+        if reply.code == 511:
+            raise AGIHangup(reply.text)
+        return reply
+
+    async def _read_reply(self) -> Reply:
+        while True:
+            data = await self._reader.read(65536)
+            if not data:
+                self.closed = True
+                raise AGIHangup("Asterisk closed the connection") if self._conn.hungup else AGIClosed("EOF")
+            reply = None
+            for ev in self._conn.feed(data):
+                if isinstance(ev, Reply):
+                    reply = ev
+            if reply is not None:
+                return reply
+
+    # ------------------------------------------------------------ typed helpers
+
+    async def answer(self) -> None:
+        await self.command("ANSWER")
+
+    async def stream_file(self, name: str, escape: str = "", *, max_seconds: float = 600) -> tuple[str | None, int]:
+        """Play a prompt. Returns (digit pressed or None, endpos). result=-1 means hung up or missing."""
+        r = await self.command("STREAM FILE", name, escape, timeout=max_seconds)
+        if r.value < 0:
+            if self.hungup:
+                raise AGIHangup("hung up during playback")
+            return None, r.endpos or 0
+        return (chr(r.value) if r.value > 0 else None), r.endpos or 0
+
+    async def get_data(self, prompt: str, timeout_ms: int, max_digits: int, *, max_seconds: float = 600) -> tuple[str, bool]:
+        """Play ``prompt`` and collect digits. Returns (digits, timed_out)."""
+        r = await self.command("GET DATA", prompt, int(timeout_ms), int(max_digits), timeout=max_seconds)
+        if r.result == "-1":
+            raise AGIHangup("hung up during GET DATA")
+        return r.result, r.data == "timeout"
+
+    async def wait_for_digit(self, timeout_ms: int) -> str | None:
+        r = await self.command("WAIT FOR DIGIT", int(timeout_ms), timeout=timeout_ms / 1000 + 30)
+        if r.value < 0:
+            raise AGIHangup("hung up while waiting for a digit")
+        return chr(r.value) if r.value > 0 else None
+
+    async def get_variable(self, name: str) -> str | None:
+        r = await self.command("GET VARIABLE", name)
+        return r.data if r.value == 1 else None
+
+    async def set_variable(self, name: str, value: str | int) -> None:
+        await self.command("SET VARIABLE", name, value)
+
+    async def verbose(self, message: str, level: int = 1) -> None:
+        await self.command("VERBOSE", message, level)
+
+    async def exec(self, app: str, *args: str | int, timeout: float | None = None) -> Reply:
+        """Run a dialplan application. Arguments are checked by app_data(): a value that could
+        split into a second argument or expand a variable is refused before it reaches Asterisk."""
+        if not app.isalnum():
+            raise ValueError(f"bad application name {app!r}")
+        words = (app, app_data(*args)) if args else (app,)
+        return await self.command("EXEC", *words, timeout=timeout)
+
+    async def hangup(self) -> None:
+        try:
+            await self.command("HANGUP")
+        except AGIHangup:
+            pass
