@@ -28,7 +28,6 @@ class CallHandler:
     store: object                       # cti.calls.CallStore
     pool: AgentPool
     clock: callable = time.time
-    trunk: str = "odtrunk"              # the pjsip endpoint of the OD-trunk voice gateway
     live: dict = field(default_factory=dict)   # uniqueid -> Trail, for `calls` views and tests
 
     async def __call__(self, session: AGISession) -> None:
@@ -117,8 +116,11 @@ class CallHandler:
         return flow.Connected(False, None, "timeout")
 
     async def _transfer(self, s: AGISession, action: flow.Transfer) -> flow.Connected:
-        entry = self.site.directory_entry(action.entry)
-        await s.exec("Dial", f"PJSIP/{entry.extension}@{self.trunk}", DIAL_RING_SECONDS,
+        entry = self.site.directory[action.entry]
+        if self.site.trunk is None:
+            return flow.Connected(False, None, "notrunk")
+        # the gateway is one pjsip endpoint named after the trunk; the digits select the department
+        await s.exec("Dial", f"PJSIP/{entry.trunk_number}@{self.site.trunk.id}", DIAL_RING_SECONDS,
                      timeout=DIAL_RING_SECONDS + MAX_CALL_SECONDS)
         status = await s.get_variable("DIALSTATUS")
         return flow.Connected(status == "ANSWER", None, "answered" if status == "ANSWER" else (status or "failed").lower())

@@ -127,14 +127,14 @@ def run(site, dnid: str, trail: Trail) -> Generator[Action, object, Trail]:
             # back to the menu that offered the language choice, now in that language
             menu_id = previous[-2] if len(previous) >= 2 else number.menu
         elif kind == "queue":
-            trail.queue = value
             trail.steps.append(value)
-            result = yield Connect(value, trail.language)
-            trail.agent = result.agent
-            trail.outcome = "answered" if result.ok else result.reason or "abandoned"
+            result = yield from _queue(site, value, trail)
             if not result.ok and result.reason != "hangup":
                 overflow = site.queues[value].overflow
-                if overflow is not None and overflow.kind == "message":
+                if overflow is not None and overflow.kind == "queue" and overflow.value != value:
+                    trail.steps.append(f"overflow:{overflow.value}")
+                    result = yield from _queue(site, overflow.value, trail)
+                elif overflow is not None and overflow.kind == "message":
                     yield Play(overflow.value, trail.language)
             yield Hangup(trail.outcome)
             return trail
@@ -155,6 +155,14 @@ def run(site, dnid: str, trail: Trail) -> Generator[Action, object, Trail]:
             yield Hangup("caller chose to end")
             return trail
     return trail
+
+
+def _queue(site, queue_id: str, trail: Trail):
+    trail.queue = queue_id
+    result = yield Connect(queue_id, trail.language)
+    trail.agent = result.agent
+    trail.outcome = "answered" if result.ok else result.reason or "abandoned"
+    return result
 
 
 def _menu(menu, trail: Trail):

@@ -1,0 +1,76 @@
+"""Assembly: config + site -> call log, agent pool and the FastAGI server with its routes."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import signal
+from pathlib import Path
+
+from acd.pool import AgentPool
+
+from .call_handler import CallHandler
+from .server import FastAGIServer, ServerLimits
+
+log = logging.getLogger("madoguchi")
+
+ROUTE = "madoguchi"  # the script name in AGI(agi://host:port/madoguchi?number=...)
+
+
+def database_url(config) -> str:
+    if config.database.url:
+        return config.database.sqlalchemy_url().render_as_string(hide_password=False)
+    data = Path(config.storage.data_dir)
+    data.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{(data / 'madoguchi.sqlite3').resolve()}"
+
+
+def caller_key(config) -> bytes:
+    """Key for the keyed hash of callers' numbers (the number itself is never stored).
+
+    From MADOGUCHI_CALLER_KEY (hex) or ``<data_dir>/caller.key``, created 0600 on first use.
+    """
+    env = os.environ.get("MADOGUCHI_CALLER_KEY")
+    if env:
+        return bytes.fromhex(env)
+    path = Path(config.storage.data_dir) / "caller.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return bytes.fromhex(path.read_text().strip())
+
+
+def open_store(config):
+    """The call log at the configured URL, migrated to the current schema."""
+    from cti.calls import CallStore
+    from provisioning.db import make_engine, upgrade
+    url = database_url(config)
+    upgrade(url)
+    return CallStore(make_engine(url), caller_key=caller_key(config))
+
+
+def build_server(config, site, store, host: str | None = None, port: int | None = None) -> tuple[FastAGIServer, CallHandler]:
+    handler = CallHandler(site=site, store=store, pool=AgentPool.from_site(site))
+    limits = ServerLimits(max_sessions=config.agi.max_sessions, idle_timeout=config.agi.idle_timeout,
+                          command_timeout=config.agi.command_timeout)
+    server = FastAGIServer({ROUTE: handler},
+                           host=config.agi.listen_host if host is None else host,
+                           port=config.agi.listen_port if port is None else port, limits=limits)
+    return server, handler
+
+
+async def serve_forever(config, site) -> None:
+    store = open_store(config)
+    server, _ = build_server(config, site, store)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    log.warning("madoguchi serving FastAGI on %s:%d (site %s)", server.host, server.port, site.id)
+    await stop.wait()
+    log.warning("shutting down: no new calls, waiting for running calls")
+    await server.stop()

@@ -1,0 +1,190 @@
+"""madoguchi: the command line (console script ``madoguchi``)."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+CONFIG_HELP = "Runtime configuration file (madoguchi.toml). Default: built-in loopback defaults."
+
+
+def _load(config_path, site_dir=None):
+    """Config and site, or a clean exit listing every problem (file:line: field: message)."""
+    from provisioning.config import ConfigError, load_config
+    from provisioning.site import SiteError, load_site
+    try:
+        config = load_config(config_path)
+        site_path = Path(site_dir) if site_dir else config.site.dir
+        if site_path is None:
+            raise click.UsageError("no site folder: pass --site or set [site] dir in the config")
+        site = load_site(site_path)
+    except (ConfigError, SiteError) as e:
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        raise SystemExit(2)
+    return config, site
+
+
+def _logging(verbose: int) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose):
+    """madoguchi: an open call-center application for Japanese city halls (Asterisk/FreeSWITCH)."""
+    _logging(verbose)
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--site", "site_dir", type=click.Path(file_okay=False), help="Site folder (overrides the config).")
+def serve(config_path, site_dir):
+    """Run the FastAGI server for Asterisk (and keep the call log)."""
+    from agi.app import serve_forever
+    config, site = _load(config_path, site_dir)
+    asyncio.run(serve_forever(config, site))
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--site", "site_dir", type=click.Path(file_okay=False), help="Site folder (overrides the config).")
+def check(config_path, site_dir):
+    """Validate the runtime config and the site folder; report every problem with file, line and field."""
+    from provisioning.checks import check_all
+    problems = check_all(config_path, site_dir)
+    for p in problems:
+        click.echo(str(p))
+    if problems:
+        click.echo(f"{len(problems)} problem(s)", err=True)
+        raise SystemExit(1)
+    click.echo("ok")
+
+
+@main.group()
+def dialplan():
+    """Render PBX configuration from the site."""
+
+
+@dialplan.command("render")
+@click.option("--target", type=click.Choice(["asterisk"]), default="asterisk", show_default=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--site", "site_dir", type=click.Path(file_okay=False), help="Site folder (overrides the config).")
+def dialplan_render(target, out_dir, config_path, site_dir):
+    """Write extensions.conf and pjsip.conf that hand calls to the FastAGI server."""
+    from dialplan.render import render_asterisk
+    config, site = _load(config_path, site_dir)
+    for path in render_asterisk(config, site, Path(out_dir)):
+        click.echo(str(path))
+
+
+@main.group()
+def calls():
+    """The call log."""
+
+
+@calls.command("list")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+def calls_list(config_path, as_json, limit):
+    """One line per call: call id, number dialed, start, IVR path, queue, agent, outcome."""
+    from agi.app import open_store
+    from provisioning.config import ConfigError, load_config
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        raise SystemExit(2)
+    store = open_store(config)
+    rows = store.list(limit=limit)
+    for line in format_calls(rows, as_json=as_json):
+        click.echo(line)
+
+
+CALL_COLUMNS = ("call_id", "dialed", "started_at", "ivr_path", "queue", "agent", "outcome")
+
+
+def format_calls(rows, as_json=False):
+    """Lines for ``calls list``: aligned columns for people, JSON lines for scripts."""
+    records = []
+    for r in rows:
+        rec = {c: getattr(r, c) for c in CALL_COLUMNS}
+        rec["started_at"] = rec["started_at"].isoformat(timespec="seconds") if rec["started_at"] else None
+        records.append(rec)
+    if as_json:
+        return [json.dumps(rec, ensure_ascii=False) for rec in records]
+    table = [["CALL ID", "DIALED", "START", "IVR PATH", "QUEUE", "AGENT", "OUTCOME"]]
+    table += [[str(rec[c] if rec[c] is not None else "-") for c in CALL_COLUMNS] for rec in records]
+    widths = [max(len(row[i]) for row in table) for i in range(len(CALL_COLUMNS))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in table]
+
+
+@main.group()
+def db():
+    """Database schema."""
+
+
+@db.command("upgrade")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def db_upgrade(config_path):
+    """Apply the schema migrations (SQLite or PostgreSQL, from the config's database URL)."""
+    from agi.app import open_store
+    from provisioning.config import load_config
+    open_store(load_config(config_path))
+    click.echo("database at head")
+
+
+@main.group()
+def lab():
+    """The lab PBX emulator: demo runs and benchmarks without a real Asterisk."""
+
+
+@lab.command("run")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--site", "site_dir", type=click.Path(file_okay=False),
+              help="Site folder. Default: the config's, else the bundled Sendai site.")
+@click.option("--calls", "n_calls", default=12, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--seed", default=2026, show_default=True, help="Random seed for the callers.")
+@click.option("--time-scale", default=0.02, show_default=True, type=click.FloatRange(0.001, 1.0),
+              help="Simulated seconds run this much faster (1.0 = real time).")
+def lab_run(config_path, site_dir, n_calls, seed, time_scale):
+    """Start the app and the lab PBX, carry a stream of calls through them, print what happened."""
+    from lab.demo import bundled_site, run_demo
+    from provisioning.config import load_config
+    config = load_config(config_path)
+    site_path = Path(site_dir) if site_dir else (config.site.dir or bundled_site())
+    _, site = _load(config_path, site_path)
+    sys.exit(asyncio.run(run_demo(config, site, n_calls=n_calls, seed=seed, time_scale=time_scale)))
+
+
+@lab.group("bench")
+def lab_bench():
+    """Benchmarks (they print figures; they are not tests)."""
+
+
+@lab_bench.command("agi")
+@click.option("--sessions", default=1000, show_default=True, type=click.IntRange(1, 20000),
+              help="Concurrent FastAGI sessions.")
+@click.option("--commands", default=10, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--rounds", default=3, show_default=True, type=click.IntRange(1, 50))
+@click.option("--servers", default="raw,madoguchi,panoramisk,threaded", show_default=True,
+              help="Comma-separated subset of: raw, madoguchi, panoramisk, threaded.")
+@click.option("--json", "as_json", is_flag=True)
+def lab_bench_agi(sessions, commands, rounds, servers, as_json):
+    """N concurrent FastAGI sessions of an IVR-like script against four servers, side by side."""
+    from lab.bench import run_agi_bench
+    result = run_agi_bench(sessions=sessions, commands=commands, rounds=rounds,
+                           servers=[s.strip() for s in servers.split(",") if s.strip()])
+    click.echo(json.dumps(result, indent=2) if as_json else result["table"])
+
+
+if __name__ == "__main__":
+    main()
