@@ -101,6 +101,10 @@ class Connection:
     def feed(self, data: bytes) -> list:
         self._buf += data
         events: list = []
+        if not self._env_done:
+            ev = self._env_block()
+            if ev is not None:
+                events.append(ev)
         while True:
             nl = self._buf.find(b"\n")
             if nl < 0:
@@ -114,6 +118,19 @@ class Connection:
             ev = self._line(raw.decode("utf-8", "replace"))
             if ev is not None:
                 events.append(ev)
+
+    def _env_block(self):
+        """Fast path: the whole environment block at once (it normally arrives in one or two reads)."""
+        end = self._buf.find(b"\n\n")
+        if end < 0 or b"\r" in self._buf[:end] or b"HANGUP" in self._buf[:end]:
+            return None  # incomplete, CRLF or a hangup inside: the line-by-line path handles it
+        block = bytes(self._buf[:end])
+        if any(len(line) > self.max_line for line in block.split(b"\n")):
+            raise AGIProtocolError(f"line longer than {self.max_line} bytes")
+        del self._buf[: end + 2]
+        for line in block.decode("utf-8", "replace").split("\n"):
+            self._line(line)
+        return self._line("")
 
     def _line(self, line: str):
         if not self._env_done:

@@ -5,12 +5,17 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from .protocol import AGIProtocolError, Connection, Environment, HangupNotice, Reply, app_data
+from .protocol import Environment, Reply, app_data
 
 if TYPE_CHECKING:
     from .server import ServerLimits
 
 log = logging.getLogger("madoguchi.agi")
+
+
+def _expire(fut: asyncio.Future) -> None:
+    if not fut.done():
+        fut.set_exception(asyncio.TimeoutError())
 
 
 class AGIClosed(Exception):
@@ -22,26 +27,25 @@ class AGIHangup(AGIClosed):
 
 
 class AGISession:
-    def __init__(self, env: Environment, conn: Connection, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, limits: "ServerLimits"):
+    """The route's handle on one call. ``command()`` is the one primitive; the rest are typed helpers."""
+
+    def __init__(self, env: Environment, link, limits: "ServerLimits"):
         self.env = env
-        self._conn = conn
-        self._reader = reader
-        self._writer = writer
+        self._link = link        # agi.server._Link: owns the socket and the parser
         self._limits = limits
-        self._lock = asyncio.Lock()
-        self.closed = False
 
     @property
     def hungup(self) -> bool:
-        """True once Asterisk sent ``HANGUP`` (seen while reading replies)."""
-        return self._conn.hungup
+        """True once Asterisk sent ``HANGUP`` (it is parsed as soon as it arrives)."""
+        return self._link.conn.hungup
+
+    @property
+    def closed(self) -> bool:
+        return self._link.closed
 
     @property
     def uniqueid(self) -> str:
         return self.env["uniqueid"]
-
-    # ------------------------------------------------------------ the one primitive
 
     async def command(self, verb: str, *args: str | int, timeout: float | None = None) -> Reply:
         """Send one command and return its reply.
@@ -49,38 +53,26 @@ class AGISession:
         ``timeout`` bounds the wait for the reply; media commands pass their own. On timeout the
         session is closed: a late reply would otherwise be taken for the next command's.
         """
-        if self.closed:
-            raise AGIClosed("session closed")
-        async with self._lock:
-            line = self._conn.command(verb, *args)
-            try:
-                self._writer.write(line)
-                await asyncio.wait_for(self._writer.drain(), self._limits.write_timeout)
-                reply = await asyncio.wait_for(self._read_reply(),
-                                               self._limits.command_timeout if timeout is None else timeout)
-            except asyncio.TimeoutError:
-                self.closed = True
-                log.warning("AGI %s: no reply to %r in time; session closed", self.uniqueid, verb)
-                raise AGIClosed(f"timeout waiting for reply to {verb}") from None
-            except (ConnectionError, OSError) as e:
-                self.closed = True
-                raise AGIClosed(f"connection lost during {verb}: {e}") from None
+        link = self._link
+        link.check_open()
+        line = link.conn.command(verb, *args)      # refuses a second outstanding command
+        reply_future = link.expect_reply()
+        link.transport.write(line)
+        await link.drained(self._limits.write_timeout)
+        # one timer per command; cheaper than asyncio.wait_for's extra task (see lab.bench)
+        timer = asyncio.get_running_loop().call_later(
+            self._limits.command_timeout if timeout is None else timeout, _expire, reply_future)
+        try:
+            reply = await reply_future
+        except asyncio.TimeoutError:
+            link.close()
+            log.warning("AGI %s: no reply to %r in time; session closed", self.uniqueid, verb)
+            raise AGIClosed(f"timeout waiting for reply to {verb}") from None
+        finally:
+            timer.cancel()
         if reply.code == 511:
             raise AGIHangup(reply.text)
         return reply
-
-    async def _read_reply(self) -> Reply:
-        while True:
-            data = await self._reader.read(65536)
-            if not data:
-                self.closed = True
-                raise AGIHangup("Asterisk closed the connection") if self._conn.hungup else AGIClosed("EOF")
-            reply = None
-            for ev in self._conn.feed(data):
-                if isinstance(ev, Reply):
-                    reply = ev
-            if reply is not None:
-                return reply
 
     # ------------------------------------------------------------ typed helpers
 
