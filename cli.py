@@ -92,7 +92,7 @@ def calls():
 @calls.command("list")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
 def calls_list(config_path, as_json, limit):
     """One line per call: call id, number dialed, start, IVR path, queue, agent, outcome."""
     from agi.app import open_store

@@ -5,6 +5,7 @@ which Dial string); *what* to do comes from the flow engine and the ACD pool.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -36,7 +37,10 @@ class CallHandler:
         call_id = env["uniqueid"]
         trail = flow.Trail()
         self.live[call_id] = trail
-        self.store.start(call_id, dialed=dnid, channel=env["channel"], caller=env["callerid"])
+        # The call log is written off the event loop and never on the caller's critical path: the
+        # IVR starts while the row is inserted, and a failing database never drops a call.
+        started = asyncio.ensure_future(self._record(self.store.start, call_id, dialed=dnid,
+                                                     channel=env["channel"], caller=env["callerid"]))
         gen = flow.run(self.site, dnid, trail)
         outcome = None
         cause = None
@@ -56,10 +60,23 @@ class CallHandler:
         finally:
             gen.close()
             self.live.pop(call_id, None)
-            self.store.update(call_id, ivr_path=trail.path[:255], language=trail.language,
-                              queue=trail.queue, agent=trail.agent)
-            self.store.finish(call_id, trail.outcome, hangup_cause=cause)
+            if await started:
+                await self._record(self._close_record, call_id, trail, cause)
             log.info("call %s to %s: %s via %s", call_id, dnid, trail.outcome, trail.path or "-")
+
+    def _close_record(self, call_id: str, trail: flow.Trail, cause: str | None) -> None:
+        self.store.update(call_id, ivr_path=trail.path[:255], language=trail.language,
+                          queue=trail.queue, agent=trail.agent)
+        self.store.finish(call_id, trail.outcome, hangup_cause=cause)
+
+    @staticmethod
+    async def _record(fn, *args, **kw) -> bool:
+        try:
+            await asyncio.to_thread(fn, *args, **kw)
+            return True
+        except Exception as e:  # the caller is served whatever the database does
+            log.error("call log: %s failed for %s: %s", fn.__name__, args[0] if args else "?", e)
+            return False
 
     async def _do(self, s: AGISession, action, trail: flow.Trail, call_id: str):
         if isinstance(action, flow.Answer):
@@ -83,8 +100,6 @@ class CallHandler:
 
     async def _connect(self, s: AGISession, action: flow.Connect, call_id: str) -> flow.Connected:
         queue = self.site.queues[action.queue]
-        if call_id in self.live:
-            self.store.update(call_id, queue=action.queue)
         deadline = self.clock() + queue.max_wait
         tried: set[str] = set()
         announced = False

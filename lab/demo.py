@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 import time
 from pathlib import Path
 
 import click
 
 from agi.app import ROUTE, build_server, database_url, open_store
+from cti.ami import AMIClient
 from ivr_prompts.catalog import site_prompts, sound_name
 
 from .pbx import CallerScript, LabAgent, LabPBX
@@ -41,10 +43,20 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     store = open_store(config)
     server, handler = build_server(config, site, store, host="127.0.0.1", port=0)
     await server.start()
+    ami_secret = secrets.token_urlsafe(16)   # lab-only account, lives as long as this run
     pbx = LabPBX(agi_host="127.0.0.1", agi_port=server.port,
                  routes={n.number: f"{ROUTE}?number={n.number}" for n in site.numbers},
-                 agents=lab_agents(site, rng), sounds=lab_sounds(site), time_scale=time_scale)
+                 agents=lab_agents(site, rng), sounds=lab_sounds(site), time_scale=time_scale,
+                 trunk=site.trunk.id if site.trunk else "odtrunk", ami_users={"madoguchi": ami_secret})
     await pbx.start()
+    # The CTI side watches the same calls over AMI, as it would on a real Asterisk.
+    ami = AMIClient("127.0.0.1", pbx.ami_port, username="madoguchi", secret=ami_secret)
+    await ami.connect()
+    seen = {"Newchannel": 0, "Hangup": 0, "BridgeEnter": 0}
+
+    def count(event):
+        seen[event.name] = seen.get(event.name, 0) + 1
+    watch = ami.subscribe(count, "Newchannel", "Hangup", "BridgeEnter")
     plan = plan_calls(site, n_calls, rng, prompt_seconds=lambda _p: PROMPT_SECONDS)
     echo(f"madoguchi lab: site {site.name} ({site.id}), {len(site.agents)} operators, {n_calls} calls, "
          f"time x{1 / time_scale:.0f}")
@@ -60,11 +72,16 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
         return res
     try:
         results = await asyncio.gather(*(one(pc) for pc in plan))
+        await asyncio.sleep(0.2)   # let the last Hangup events arrive
+        live = len(ami.channels)
     finally:
+        watch.close()
+        await ami.close()
         await pbx.stop()
         await server.stop()
-    rows = {r.call_id: r for r in store.list(limit=n_calls * 2)}
-    missing = [r.uniqueid for r in results if r.uniqueid not in rows]
+    ours = {r.uniqueid for r in results}
+    rows = {u: row for u in ours if (row := store.get(u)) is not None}
+    missing = sorted(ours - rows.keys())
     echo(f"\n{len(rows)} calls recorded in {time.monotonic() - t0:.1f}s (simulated "
          f"{(time.monotonic() - t0) / time_scale / 60:.0f} min):")
     from cli import format_calls
@@ -74,6 +91,8 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     for r in rows.values():
         outcomes[r.outcome or "?"] = outcomes.get(r.outcome or "?", 0) + 1
     echo("\noutcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
+    echo(f"AMI: {seen['Newchannel']} channels created, {seen['BridgeEnter'] // 2} bridged calls, "
+         f"{seen['Hangup']} hangups, {live} channel(s) still live")
     echo(f"call log: {database_url(config)}")
     echo("look again with: madoguchi calls list" + (f" --config {config.path}" if config.path else ""))
     if missing:
