@@ -1,0 +1,1 @@
+"""Jinja templates for the Asterisk configuration (a package so package_data ships them)."""
