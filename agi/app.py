@@ -18,12 +18,12 @@ log = logging.getLogger("madoguchi")
 ROUTE = "madoguchi"  # the script name in AGI(agi://host:port/madoguchi?number=...)
 
 
-def database_url(config) -> str:
-    if config.database.url:
-        return config.database.sqlalchemy_url().render_as_string(hide_password=False)
-    data = Path(config.storage.data_dir)
-    data.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{(data / 'madoguchi.sqlite3').resolve()}"
+def database_url(config, *, hide_password: bool = False) -> str:
+    """The configured database URL; an SQLite file's folder is created on first use."""
+    url = config.database.sqlalchemy_url()
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    return url.render_as_string(hide_password=hide_password)
 
 
 def caller_key(config) -> bytes:

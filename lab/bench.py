@@ -288,8 +288,6 @@ def table(res: dict) -> str:
     if paced:
         lines.append(f"paced: {GOAL_P99_SESSIONS} sessions, each reply after a random 0..2x"
                      f"{p['think_ms']:g} ms delay.")
-    if p["sessions"] > 1024 and "madoguchi" in s:
-        lines.append("note: agi/server.py listens with a fixed backlog of 1024 (< sessions).")
     lines.append("")
     lines.append("goals:")
     for g in res["goals"]:

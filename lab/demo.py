@@ -75,7 +75,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
         await asyncio.sleep(0.2)   # let the last Hangup events arrive
         live = len(ami.channels)
     finally:
-        watch.close()
+        await watch.close()
         await ami.close()
         await pbx.stop()
         await server.stop()
@@ -93,7 +93,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     echo("\noutcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     echo(f"AMI: {seen['Newchannel']} channels created, {seen['BridgeEnter'] // 2} bridged calls, "
          f"{seen['Hangup']} hangups, {live} channel(s) still live")
-    echo(f"call log: {database_url(config)}")
+    echo(f"call log: {database_url(config, hide_password=True)}")
     echo("look again with: madoguchi calls list" + (f" --config {config.path}" if config.path else ""))
     if missing:
         echo(f"ERROR: {len(missing)} call(s) reached the PBX but not the call log: {missing}", err=True)
