@@ -62,10 +62,27 @@ def build_server(config, site, store, host: str | None = None, port: int | None 
     return server, handler
 
 
+async def connect_ami(config):
+    """The CTI link to Asterisk's AMI, when a secret is configured; calls are served without it."""
+    if config.ami.secret is None:
+        log.warning("AMI: no secret configured (%s); running without the CTI link", config.ami.secret_source)
+        return None
+    from cti.ami import AMIClient
+    client = AMIClient(config.ami.host, config.ami.port, username=config.ami.username, secret=config.ami.secret)
+    try:
+        await client.connect()
+    except Exception as e:  # the FastAGI side must come up even when AMI is down
+        log.warning("AMI: %s:%d unavailable (%s); running without the CTI link", config.ami.host, config.ami.port, e)
+        return None
+    log.warning("AMI: connected to %s:%d, %d live channel(s)", config.ami.host, config.ami.port, len(client.channels))
+    return client
+
+
 async def serve_forever(config, site) -> None:
     store = open_store(config)
     server, _ = build_server(config, site, store)
     await server.start()
+    ami = await connect_ami(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -74,3 +91,6 @@ async def serve_forever(config, site) -> None:
     await stop.wait()
     log.warning("shutting down: no new calls, waiting for running calls")
     await server.stop()
+    if ami is not None:
+        await ami.close()
+    log.warning("stopped")
