@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 from urllib.parse import parse_qsl
 
 MAX_LINE = 8192          # one env line or reply line; Asterisk's own command buffer is 2 KiB
@@ -55,8 +56,9 @@ class Environment:
         return self.vars.get(key if key.startswith("agi_") else "agi_" + key, "")
 
 
-@dataclass(frozen=True)
-class Reply:
+class Reply(NamedTuple):
+    """One result line. A NamedTuple: one is built per command on the hot path."""
+
     code: int
     result: str = ""
     data: str | None = None
