@@ -124,25 +124,29 @@ class Connection:
     def _env_block(self):
         """Fast path: the whole environment block at once (it normally arrives in one or two reads)."""
         end = self._buf.find(b"\n\n")
-        if end < 0 or b"\r" in self._buf[:end] or b"HANGUP" in self._buf[:end]:
-            return None  # incomplete, CRLF or a hangup inside: the line-by-line path handles it
-        block = bytes(self._buf[:end])
-        if any(len(line) > self.max_line for line in block.split(b"\n")):
-            raise AGIProtocolError(f"line longer than {self.max_line} bytes")
+        if end < 0:
+            return None
+        block = self._buf[:end].decode("utf-8", "replace")
+        if "\r" in block or "HANGUP" in block:
+            return None  # CRLF or a hangup inside: the line-by-line path handles it
+        lines = block.split("\n")
+        if len(lines) > MAX_ENV_LINES:
+            raise AGIProtocolError("too many environment lines")
+        env = {}
+        for line in lines:
+            key, sep, value = line.partition(": ")
+            if len(line) > self.max_line or not key.startswith("agi_") or not sep and not line.endswith(":"):
+                return None  # let the line-by-line path report it precisely
+            env[key if sep else line[:-1]] = value
         del self._buf[: end + 2]
-        for line in block.decode("utf-8", "replace").split("\n"):
-            self._line(line)
-        return self._line("")
+        self._env, self._env_done = env, True
+        return Environment(env, _args(env))
 
     def _line(self, line: str):
         if not self._env_done:
             if line == "":
                 self._env_done = True
-                env = self._env or {}
-                args = tuple(v for k, v in sorted(
-                    ((k, v) for k, v in env.items() if k.startswith("agi_arg_")),
-                    key=lambda kv: int(kv[0][8:]) if kv[0][8:].isdigit() else 0))
-                return Environment(env, args)
+                return Environment(self._env, _args(self._env))
             if line == "HANGUP":  # the caller left before we even started
                 self.hungup = True
                 return HangupNotice()
@@ -198,6 +202,14 @@ class Connection:
         line = build(*words)
         self.awaiting_reply = True
         return line
+
+
+def _args(env: dict[str, str]) -> tuple[str, ...]:
+    """``agi_arg_1 … agi_arg_N`` in numeric order (agi_arg_10 after agi_arg_9)."""
+    if "agi_arg_1" not in env:
+        return ()
+    n = [int(k[8:]) for k in env if k.startswith("agi_arg_") and k[8:].isdigit()]
+    return tuple(env[f"agi_arg_{i}"] for i in sorted(n))
 
 
 # ---------------------------------------------------------------- encoding
