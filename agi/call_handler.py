@@ -47,15 +47,12 @@ class CallHandler:
         try:
             while True:
                 action = gen.send(outcome)
-                outcome = await self._do(session, action, trail, call_id)
+                outcome = await self._do(session, action)
         except StopIteration:
             pass
         except AGIHangup:
-            if trail.outcome == "abandoned" or not trail.agent:
-                trail.outcome = trail.outcome if trail.agent else "abandoned"
-            cause = "caller hangup"
+            cause = "caller hangup"   # the trail keeps its outcome: "abandoned" unless one was reached
         except AGIClosed as e:
-            trail.outcome = trail.outcome if trail.agent else "abandoned"
             cause = str(e)[:60]
         finally:
             gen.close()
@@ -78,7 +75,7 @@ class CallHandler:
             log.error("call log: %s failed for %s: %s", fn.__name__, args[0] if args else "?", e)
             return False
 
-    async def _do(self, s: AGISession, action, trail: flow.Trail, call_id: str):
+    async def _do(self, s: AGISession, action):
         if isinstance(action, flow.Answer):
             await s.answer()
             return None
@@ -90,7 +87,7 @@ class CallHandler:
                                                  int(action.timeout * 1000), action.max_digits)
             return flow.Digits(digits, timed_out)
         if isinstance(action, flow.Connect):
-            return await self._connect(s, action, call_id)
+            return await self._connect(s, action)
         if isinstance(action, flow.Transfer):
             return await self._transfer(s, action)
         if isinstance(action, flow.Hangup):
@@ -98,7 +95,7 @@ class CallHandler:
             return None
         raise TypeError(f"unknown flow action {action!r}")
 
-    async def _connect(self, s: AGISession, action: flow.Connect, call_id: str) -> flow.Connected:
+    async def _connect(self, s: AGISession, action: flow.Connect) -> flow.Connected:
         queue = self.site.queues[action.queue]
         deadline = self.clock() + queue.max_wait
         tried: set[str] = set()

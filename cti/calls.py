@@ -20,7 +20,19 @@ from sqlalchemy.types import TypeDecorator
 
 from provisioning.db import Base, session_factory
 
-OUTCOMES = ("answered", "abandoned", "closed", "failed", "message", "transferred")
+# How a call ended. dialplan.flow produces only these; the store refuses anything else.
+OUTCOMES = (
+    "answered",      # an operator took the call
+    "abandoned",     # the caller hung up before being served (menu, queue or ringing)
+    "unanswered",    # no operator within the queue's max_wait
+    "message",       # an information message was played, then the call ended
+    "transferred",   # connected to a city department over the OD trunk
+    "failed",        # a transfer or the PBX failed
+    "closed",        # outside opening hours
+    "misrouted",     # a number this site does not publish
+    "no_input",      # the caller never chose a valid option
+    "completed",     # the caller chose to end the call
+)
 
 
 class UTCDateTime(TypeDecorator):

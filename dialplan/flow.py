@@ -67,7 +67,7 @@ class Digits:
 class Connected:
     ok: bool
     agent: str | None = None
-    reason: str = ""          # answered | noagent | timeout | hangup | busy
+    reason: str = ""          # answered | timeout | hangup | busy | notrunk ...
 
 
 # ------------------------------------------------------------------ the record a flow leaves
@@ -105,7 +105,7 @@ def run(site, dnid: str, trail: Trail) -> Generator[Action, object, Trail]:
     while menu_id is not None:
         visits += 1
         if visits > MAX_MENU_VISITS:
-            trail.outcome = "abandoned"
+            trail.outcome = "no_input"
             yield Hangup("menu loop")
             return trail
         menu = site.menus[menu_id]
@@ -119,7 +119,7 @@ def run(site, dnid: str, trail: Trail) -> Generator[Action, object, Trail]:
         if kind == "menu":
             menu_id = value
         elif kind == "repeat":
-            trail.steps.pop()
+            del trail.steps[-2:]          # the key and the menu: the loop records the menu again
             menu_id = menu.id
         elif kind == "lang":
             trail.language = value
@@ -141,7 +141,7 @@ def run(site, dnid: str, trail: Trail) -> Generator[Action, object, Trail]:
         elif kind == "transfer":
             trail.steps.append(f"transfer:{value}")
             result = yield Transfer(value, trail.language)
-            trail.outcome = "transferred" if result.ok else result.reason or "failed"
+            trail.outcome = "transferred" if result.ok else "abandoned" if result.reason == "hangup" else "failed"
             yield Hangup(trail.outcome)
             return trail
         elif kind == "message":
@@ -161,7 +161,7 @@ def _queue(site, queue_id: str, trail: Trail):
     trail.queue = queue_id
     result = yield Connect(queue_id, trail.language)
     trail.agent = result.agent
-    trail.outcome = "answered" if result.ok else result.reason or "abandoned"
+    trail.outcome = "answered" if result.ok else "abandoned" if result.reason == "hangup" else "unanswered"
     return result
 
 
@@ -180,8 +180,8 @@ def _menu(menu, trail: Trail):
         fallback = menu.on_timeout if not digit else menu.on_invalid
         if attempts > menu.retries:
             if fallback is None or fallback.kind == "repeat":
-                trail.outcome = "no input" if not digit else "invalid input"
-                yield Hangup(trail.outcome)
+                trail.outcome = "no_input"
+                yield Hangup("no valid choice")
                 return None
             trail.steps.append("timeout" if not digit else "invalid")
             return fallback

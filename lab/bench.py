@@ -275,11 +275,12 @@ def table(res: dict) -> str:
     lines += [fmt(r) for r in rows]
     lines.append("")
     m, pan = s.get("madoguchi"), s.get("panoramisk")
-    if m and pan and pan["new_session_rate"]:
-        lines.append(f"madoguchi vs panoramisk: sessions/s {m['new_session_rate'] / pan['new_session_rate']:.2f}x, "
-                     f"overall {m['overall_session_rate'] / pan['overall_session_rate']:.2f}x, "
-                     f"p99 {m['rtt_p99_ms'] / pan['rtt_p99_ms']:.2f}x, "
-                     f"cpu/cmd {m['server_cpu_us_per_command'] / pan['server_cpu_us_per_command']:.2f}x")
+    if m and pan:
+        def ratio(key):  # a tiny run can measure 0 CPU or 0 s: say so instead of dividing by it
+            return f"{m[key] / pan[key]:.2f}x" if pan[key] else "n/a"
+        lines.append(f"madoguchi vs panoramisk: sessions/s {ratio('new_session_rate')}, "
+                     f"overall {ratio('overall_session_rate')}, p99 {ratio('rtt_p99_ms')}, "
+                     f"cpu/cmd {ratio('server_cpu_us_per_command')}")
     lines.append("cpu us/cmd: server CPU time / commands (session setup and teardown included).")
     lines.append("sess/s: new sessions per second (connect -> first command, all N, median of rounds); "
                  "overall: N*rounds / time in rounds.")

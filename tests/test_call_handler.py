@@ -152,3 +152,14 @@ async def test_a_failing_call_log_never_drops_the_call(site, store, engine, capl
         res = await lab.call(digits=[(1.5, "1")])
     assert res.answered_by and res.dialstatus == "ANSWER"
     assert any("call log: start failed" in r.getMessage() for r in caplog.records)
+
+
+async def test_caller_who_never_chooses_is_logged_as_no_input(site, store):
+    retries = site.menus["main"].retries
+    presses = [(1.5 + 1.5 * i, "7") for i in range(retries + 1)]   # an unassigned key, every time
+    async with Lab(site, store, agents(site)) as lab:
+        res = await lab.call(digits=presses)
+    row = store.get(res.uniqueid)
+    assert (row.outcome, row.queue, row.ivr_path) == ("no_input", None, "main")
+    sent = [line for _, d, line in res.trace if d == "app->asterisk"]
+    assert sum(line.startswith("GET DATA madoguchi/ja/main-menu") for line in sent) == retries + 1

@@ -77,7 +77,7 @@ def test_timeouts_use_the_menus_fallback_after_retries(site):
 def test_invalid_input_repeats_then_gives_up(site):
     actions, trail = drive(site, "0223984894", keys("7", "7", "7", "7"))
     assert not any(isinstance(a, flow.Connect) for a in actions)
-    assert trail.outcome == "invalid input" and isinstance(actions[-1], flow.Hangup)
+    assert trail.outcome == "no_input" and isinstance(actions[-1], flow.Hangup)
 
 
 def test_unanswered_queue_plays_overflow_message(site):
@@ -88,7 +88,7 @@ def test_unanswered_queue_plays_overflow_message(site):
             return flow.Connected(False, None, "timeout")
     actions, trail = drive(site, "0223984894", answers)
     overflow = site.queues["general"].overflow
-    assert flow.Play(overflow.value, "ja") in actions and trail.outcome == "timeout"
+    assert flow.Play(overflow.value, "ja") in actions and trail.outcome == "unanswered"
 
 
 def test_queue_overflow_to_another_queue(site):
@@ -108,6 +108,26 @@ def test_queue_overflow_to_another_queue(site):
     assert tried == ["general", "interpreter"]
     assert (trail.queue, trail.agent, trail.outcome) == ("interpreter", "op1007", "answered")
     assert trail.path.endswith("general>overflow:interpreter")
+
+
+def test_every_outcome_the_flow_reaches_is_one_the_call_log_accepts(site):
+    from cti.calls import OUTCOMES
+    scenarios = [keys("1"), keys("2"), keys(), keys("7", "7", "7", "7"), keys("*", "1")]
+
+    def unanswered(action):
+        if isinstance(action, flow.Collect):
+            return flow.Digits("1")
+        if isinstance(action, flow.Connect):
+            return flow.Connected(False, None, "timeout")
+    seen = {drive(site, "0223984894", s)[1].outcome for s in [*scenarios, unanswered]}
+    seen.add(drive(site, "0312345678", keys())[1].outcome)
+    assert seen <= set(OUTCOMES) and {"answered", "message", "no_input", "unanswered", "misrouted"} <= seen
+
+
+def test_repeat_key_asks_the_same_menu_again(site):
+    actions, trail = drive(site, "0223984894", keys("*", "1"))
+    assert [a.prompt for a in actions if isinstance(a, flow.Collect)] == ["main-menu", "main-menu"]
+    assert trail.path == "main>1>general"
 
 
 def test_unknown_number_is_not_answered(site):
