@@ -79,14 +79,15 @@ async def connect_ami(config):
 
 
 async def serve_forever(config, site) -> None:
-    store = open_store(config)
-    server, _ = build_server(config, site, store)
-    await server.start()
-    ami = await connect_ami(config)
+    # signal handlers first: a stop requested while starting up is honoured, not a traceback
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    store = open_store(config)
+    server, _ = build_server(config, site, store)
+    await server.start()
+    ami = await connect_ami(config)
     log.warning("madoguchi serving FastAGI on %s:%d (site %s)", server.host, server.port, site.id)
     await stop.wait()
     log.warning("shutting down: no new calls, waiting for running calls")
