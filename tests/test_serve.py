@@ -51,7 +51,7 @@ async def test_serve_takes_calls_watches_ami_and_stops_cleanly(tmp_path):
         env={**os.environ, "T_AMI": "s3cret-ami"}, stderr=asyncio.subprocess.PIPE)
     try:
         await wait_port(agi_port)
-        res = await pbx.call(CallerScript(caller_id="0227770000", dialed="0223984894", digits=[(1.5, "1")]))
+        res = await pbx.call(CallerScript(caller_id="0227770000", dialed="0223984894", digits=[(3.0, "1")]))
         assert res.answered_by
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 15)
