@@ -209,19 +209,16 @@ class AGISession:
         return r
 
     async def cmd_stream_file(self, a):
-        if len(a) < 2:
-            raise _Usage()
-        offset = _int(a[2]) if len(a) > 2 else 0
-        r = await self._stream(a[0], a[1], offset)
-        if r is None:
-            return w.ok(-1, endpos=0)
-        d, endpos = r
-        return w.ok(ord(d) if d else 0, endpos=endpos)
+        return await self._stream_reply(a, offset=_int(a[2]) if len(a) > 2 else 0)
 
     async def cmd_control_stream_file(self, a):
+        # its 3rd argument is the skip in ms, not a sample offset: the lab plays from the start
+        return await self._stream_reply(a, offset=0)
+
+    async def _stream_reply(self, a, offset: int):
         if len(a) < 2:
             raise _Usage()
-        r = await self._stream(a[0], a[1])
+        r = await self._stream(a[0], a[1], offset)
         if r is None:
             return w.ok(-1, endpos=0)
         d, endpos = r
