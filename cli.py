@@ -95,7 +95,7 @@ def calls():
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
 def calls_list(config_path, as_json, limit):
     """One line per call: call id, number dialed, start, IVR path, queue, agent, outcome."""
-    from agi.app import open_store
+    from agi.app import open_storage
     from provisioning.config import ConfigError, load_config
     try:
         config = load_config(config_path)
@@ -103,8 +103,7 @@ def calls_list(config_path, as_json, limit):
         for p in e.problems:
             click.echo(str(p), err=True)
         raise SystemExit(2)
-    store = open_store(config)
-    rows = store.list(limit=limit)
+    rows = open_storage(config).calls.list(limit=limit)
     for line in format_calls(rows, as_json=as_json):
         click.echo(line)
 
@@ -128,6 +127,59 @@ def format_calls(rows, as_json=False):
 
 
 @main.group()
+def mode():
+    """Service mode: normal, emergency (service suspended), disaster; and the congestion message."""
+
+
+def _modes(config_path):
+    from agi.app import open_storage
+    from provisioning.config import ConfigError, load_config
+    try:
+        return open_storage(load_config(config_path)).modes
+    except ConfigError as e:
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        raise SystemExit(2)
+
+
+@mode.command("show")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+@click.option("--history", default=10, show_default=True, type=click.IntRange(0, 1000),
+              help="How many past changes to list.")
+def mode_show(config_path, history):
+    """The current mode and the latest changes (who, when, why)."""
+    log = _modes(config_path)
+    state = log.refresh(force=True)
+    since = f" since {state.disaster_since.isoformat(timespec='seconds')}" if state.disaster_since else ""
+    click.echo(f"mode: {state.mode}{since}; congestion: {'on' if state.congestion else 'off'}")
+    for r in log.history(history) if history else []:
+        click.echo(f"  {r.set_at.isoformat(timespec='seconds')}  {r.kind:<10} {r.value:<9} by {r.set_by}"
+                   + (f"  ({r.reason})" if r.reason else ""))
+
+
+@mode.command("set")
+@click.argument("new_mode", type=click.Choice(["normal", "emergency", "disaster"]))
+@click.option("--by", "by", required=True, help="Who orders the change (recorded).")
+@click.option("--reason", help="Why (recorded).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def mode_set(new_mode, by, reason, config_path):
+    """Switch the service mode; running servers apply it from the next call on."""
+    _modes(config_path).set_mode(new_mode, by=by, reason=reason)
+    click.echo(f"mode: {new_mode}")
+
+
+@mode.command("congestion")
+@click.argument("switch", type=click.Choice(["on", "off"]))
+@click.option("--by", "by", required=True, help="Who orders the change (recorded).")
+@click.option("--reason", help="Why (recorded).")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
+def mode_congestion(switch, by, reason, config_path):
+    """Play the congestion message to callers before they queue (also switched automatically)."""
+    _modes(config_path).set_congestion(switch == "on", by=by, reason=reason)
+    click.echo(f"congestion: {switch}")
+
+
+@main.group()
 def db():
     """Database schema."""
 
@@ -136,9 +188,9 @@ def db():
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def db_upgrade(config_path):
     """Apply the schema migrations (SQLite or PostgreSQL, from the config's database URL)."""
-    from agi.app import open_store
+    from agi.app import open_storage
     from provisioning.config import load_config
-    open_store(load_config(config_path))
+    open_storage(load_config(config_path))
     click.echo("database at head")
 
 

@@ -28,10 +28,11 @@ class AgentPool:
         return cls({a.id: AgentState(a.id, a.endpoint, frozenset(a.skills), frozenset(a.languages))
                     for a in site.agents})
 
-    def candidates(self, skill: str, language: str | None = None, exclude: set[str] = frozenset()) -> list[AgentState]:
-        """Free operators for ``skill`` (and ``language``), longest idle first."""
+    def candidates(self, skills, language: str | None = None, exclude: set[str] = frozenset()) -> list[AgentState]:
+        """Free operators holding every one of ``skills`` (and ``language``), longest idle first."""
+        skills = frozenset(skills)
         free = [a for a in self.agents.values()
-                if not a.busy and skill in a.skills and a.id not in exclude
+                if not a.busy and skills <= a.skills and a.id not in exclude
                 and (language is None or language in a.languages)]
         return sorted(free, key=lambda a: (a.idle_since, a.id))
 

@@ -6,6 +6,7 @@ import logging
 import os
 import secrets
 import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 from acd.pool import AgentPool
@@ -43,17 +44,29 @@ def caller_key(config) -> bytes:
     return bytes.fromhex(path.read_text().strip())
 
 
-def open_store(config):
-    """The call log at the configured URL, migrated to the current schema."""
+@dataclass
+class Storage:
+    calls: object     # cti.calls.CallStore
+    modes: object     # cti.modes.ModeLog
+
+
+def open_storage(config) -> Storage:
+    """The call log and the mode log at the configured URL, migrated to the current schema."""
     from cti.calls import CallStore
+    from cti.modes import ModeLog
     from provisioning.db import make_engine, upgrade
     url = database_url(config)
     upgrade(url)
-    return CallStore(make_engine(url), caller_key=caller_key(config))
+    engine = make_engine(url)
+    return Storage(CallStore(engine, caller_key=caller_key(config)), ModeLog(engine))
 
 
-def build_server(config, site, store, host: str | None = None, port: int | None = None) -> tuple[FastAGIServer, CallHandler]:
-    handler = CallHandler(site=site, store=store, pool=AgentPool.from_site(site))
+def build_server(config, site, storage: Storage, host: str | None = None, port: int | None = None,
+                 **handler_options) -> tuple[FastAGIServer, CallHandler]:
+    """``handler_options`` go to CallHandler (e.g. ``now`` for a simulated clock)."""
+    storage.modes.refresh(force=True)
+    handler = CallHandler(site=site, store=storage.calls, pool=AgentPool.from_site(site), modes=storage.modes,
+                          **handler_options)
     limits = ServerLimits(max_sessions=config.agi.max_sessions, idle_timeout=config.agi.idle_timeout,
                           command_timeout=config.agi.command_timeout)
     server = FastAGIServer({ROUTE: handler},
@@ -84,8 +97,7 @@ async def serve_forever(config, site) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    store = open_store(config)
-    server, _ = build_server(config, site, store)
+    server, _ = build_server(config, site, open_storage(config))
     await server.start()
     ami = await connect_ami(config)
     log.warning("madoguchi serving FastAGI on %s:%d (site %s)", server.host, server.port, site.id)

@@ -215,7 +215,7 @@ def _args(env: dict[str, str]) -> tuple[str, ...]:
 # ---------------------------------------------------------------- encoding
 
 _VERB = re.compile(r"^[A-Z][A-Z ]*$")
-_BARE = re.compile(r"^[A-Za-z0-9_./:@+\-=,#*]+$")
+_BARE = re.compile(r"^[A-Za-z0-9_./:@+\-=,#*()]+$")
 
 
 def quote(value: str | int) -> str:

@@ -74,9 +74,12 @@ class AGISession:
         """Play a prompt. Returns (digit pressed or None, endpos). result=-1 means hung up or missing."""
         r = await self.command("STREAM FILE", name, escape, timeout=max_seconds)
         if r.value < 0:
-            if self.hungup:
+            # -1 with a position: the caller hung up mid-prompt (HANGUP follows ~40 ms later);
+            # -1 at position 0: the file is missing (or the hangup came at its very start)
+            if self.hungup or (r.endpos or 0) > 0:
                 raise AGIHangup("hung up during playback")
-            return None, r.endpos or 0
+            log.warning("AGI %s: sound %r could not be played (missing?)", self.uniqueid, name)
+            return None, 0
         return (chr(r.value) if r.value > 0 else None), r.endpos or 0
 
     async def get_data(self, prompt: str, timeout_ms: int, max_digits: int, *, max_seconds: float = 600) -> tuple[str, bool]:

@@ -16,9 +16,8 @@ from sqlalchemy import BigInteger, DateTime, Index, Integer, String, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
-from sqlalchemy.types import TypeDecorator
 
-from provisioning.db import Base, session_factory
+from provisioning.db import Base, UTCDateTime, session_factory
 
 # How a call ended. dialplan.flow produces only these; the store refuses anything else.
 OUTCOMES = (
@@ -32,27 +31,8 @@ OUTCOMES = (
     "misrouted",     # a number this site does not publish
     "no_input",      # the caller never chose a valid option
     "completed",     # the caller chose to end the call
+    "suspended",     # emergency stop: the service-suspended message was played
 )
-
-
-class UTCDateTime(TypeDecorator):
-    """Timezone-aware UTC in and out, on SQLite (which has no time zones) as on PostgreSQL."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value, dialect):
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: pass a timezone-aware value")
-        value = value.astimezone(timezone.utc)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
-
-    def process_result_value(self, value, dialect):
-        if value is None:
-            return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
 
 
 class Call(Base):

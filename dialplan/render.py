@@ -6,6 +6,17 @@ dialplan applications or config lines, so the renderer raises instead of escapin
 SIP passwords are never rendered: pjsip.conf ends with ``#include pjsip_secrets.conf``, which
 appends ``password=`` to each ``[auth-<endpoint>](+)`` section. Asterisk refuses to load
 pjsip.conf if that file is missing, so a forgotten secrets file fails closed.
+
+extensions.conf has one context per published number, ``[madoguchi-number-<national>]``,
+reached from ``[madoguchi-incoming]`` in national and E.164 form. It answers, runs
+``AGI(agi://host:port/madoguchi?number=<national>)`` and falls back unless the AGI ended
+normally (``AGISTATUS=SUCCESS`` and ``MADOGUCHI_STATUS`` empty): it rings the *static operator
+group* (every agent with ``fallback_skill``, "general" unless the caller says otherwise; None
+disables it) for ``FALLBACK_RING_SECONDS``, then plays ``madoguchi/all-busy``.
+
+From the site only ``id``, ``languages``, ``numbers`` (``number``, ``e164``, ``mode``),
+``agents``, ``directory``, ``trunk`` and, for queues.conf, ``queues`` are read: nothing about
+menus or flows, which the AGI server owns.
 """
 from __future__ import annotations
 
@@ -25,6 +36,8 @@ TEMPLATES = Path(__file__).resolve().parent / "templates"
 _SAFE = re.compile(r"^[A-Za-z0-9_.+-]+$")
 _E164 = re.compile(r"^\+81[1-9][0-9]{8,9}$")
 QUEUE_PREFIX = "madoguchi-"   # "general" is the reserved settings section of queues.conf
+FALLBACK_SKILL = "general"    # agents rung directly when the FastAGI server cannot take a call
+FALLBACK_RING_SECONDS = 30    # then the busy message: the caller is never left ringing forever
 
 
 class RenderError(ValueError):
@@ -53,13 +66,22 @@ def _require(pattern: re.Pattern, value, what: str) -> None:
         raise RenderError(f"invalid {what}: {value!r}")
 
 
-def _validate(config: Config, site: Site) -> str:
+def _validate(config: Config, site: Site, fallback_skill: str | None) -> str:
     """Re-check everything the templates use (a Site may be built in code, bypassing load_site)."""
     _require(ID, site.id, "site id")
     _require(LANG, site.languages[0] if site.languages else None, "default language")
+    if fallback_skill is not None:
+        _require(ID, fallback_skill, "fallback skill")
+    seen = set()
     for n in site.numbers:
         _require(NATIONAL, n.number, "published number")
         _require(_E164, n.e164, "E.164 number")
+        if n.e164 != "+81" + n.number[1:]:
+            raise RenderError(f"E.164 number {n.e164!r} is not the number {n.number!r}")
+        _require(ID, n.mode, f"mode of {n.number}")   # only compared ("normal" picks the city number)
+        if n.number in seen:
+            raise RenderError(f"number {n.number!r} is published twice")
+        seen.add(n.number)
     names = {"transport-udp", "madoguchi-agent"}
     for a in site.agents:
         _require(ID, a.id, "agent id")
@@ -91,8 +113,14 @@ def _validate(config: Config, site: Site) -> str:
     return agi_host
 
 
-def render_asterisk(config: Config, site: Site, out_dir: str | Path) -> list[Path]:
-    agi_host = _validate(config, site)
+def render_asterisk(config: Config, site: Site, out_dir: str | Path, *,
+                    fallback_skill: str | None = FALLBACK_SKILL) -> list[Path]:
+    """Write extensions.conf, pjsip.conf and queues.conf into *out_dir*; RenderError if any value is unsafe.
+
+    *fallback_skill* picks the static operator group rung when the FastAGI server cannot take a
+    call (None: busy message only).
+    """
+    agi_host = _validate(config, site, fallback_skill)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     queues = []
@@ -100,8 +128,10 @@ def render_asterisk(config: Config, site: Site, out_dir: str | Path) -> list[Pat
         members = [a for a in site.agents if q.skill in a.skills]
         queues.append({"name": QUEUE_PREFIX + q.id, "members": members})
     normal = [n for n in site.numbers if n.mode == "normal"]
+    operators = [a for a in site.agents if fallback_skill is not None and fallback_skill in a.skills]
     ctx = {
         "site": site, "config": config, "agi_host": agi_host, "agi_port": config.agi.listen_port,
+        "operators": operators, "fallback_skill": fallback_skill, "operator_ring": FALLBACK_RING_SECONDS,
         "language": site.languages[0], "numbers": site.numbers, "agents": site.agents,
         "directory": sorted(site.directory.values(), key=lambda d: d.trunk_number),
         "trunk": site.trunk, "queues": queues, "city_number": normal[0].number if normal else None,

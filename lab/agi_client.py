@@ -279,7 +279,7 @@ class AGISession:
     async def _say(self, files, escape):
         with self.chan.listen() as q:
             for f in files:
-                dur = self.pbx.sounds.lookup(f)
+                dur = self.pbx.sounds.lookup(f, self.chan.language)
                 secs = dur[0] if dur else self.pbx.say_seconds
                 try:
                     d = await wait_any(self.chan, q, secs, self.pbx.clock, accept=escape)

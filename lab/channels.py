@@ -113,6 +113,11 @@ class Channel:
         self.reg.bus.emit(name, privilege, self.snapshot() + list(extra))
 
     def set_var(self, name: str, value: str, emit: bool = True):
+        if name.upper() == "CHANNEL(LANGUAGE)":
+            # a function write, not a variable: Asterisk changes the channel (no VarSet event)
+            if value:
+                self.language = value
+            return
         self.vars[name] = value
         if emit:
             self.event("VarSet", "dialplan", ("Variable", name), ("Value", value))

@@ -9,13 +9,15 @@ import asyncio
 import random
 import secrets
 import time
+from datetime import datetime, time as dtime, timedelta, timezone
+from zoneinfo import ZoneInfo
 from pathlib import Path
 
 import click
 
-from agi.app import ROUTE, build_server, database_url, open_store
+from agi.app import ROUTE, build_server, database_url, open_storage
 from cti.ami import AMIClient
-from ivr_prompts.catalog import site_prompts, sound_name
+from ivr_prompts.catalog import sound_name
 
 from .pbx import CallerScript, LabAgent, LabPBX
 from .traffic import plan_calls
@@ -28,8 +30,28 @@ def bundled_site() -> Path:
 
 
 def lab_sounds(site) -> dict[str, float]:
-    """Every sound the site can play, in every language, with a plausible length."""
-    return {sound_name(p, lang): PROMPT_SECONDS for p in site_prompts(site) for lang in site.languages}
+    """Every sound the site can play, with a plausible length."""
+    return {sound_name(p): PROMPT_SECONDS for p in site.prompts}
+
+
+class SimClock:
+    """Wall-clock time for the app in a lab run: starts at ``start`` and runs ``1/scale`` times
+    faster than real time, so calendars and the call log tell the simulated story."""
+
+    def __init__(self, start: datetime, scale: float):
+        self.start, self.scale, self.t0 = start, scale, time.monotonic()
+
+    def __call__(self) -> datetime:
+        return self.start + timedelta(seconds=(time.monotonic() - self.t0) / self.scale)
+
+
+def next_weekday_morning(now: datetime, tz: str) -> datetime:
+    """10:00 on the next working weekday in the site's zone: the demo runs in opening hours."""
+    import jpholiday
+    day = now.astimezone(ZoneInfo(tz)).date() + timedelta(days=1)
+    while day.weekday() >= 5 or jpholiday.is_holiday(day):
+        day += timedelta(days=1)
+    return datetime.combine(day, dtime(10, 0), ZoneInfo(tz))
 
 
 def lab_agents(site, rng: random.Random) -> list[LabAgent]:
@@ -38,10 +60,13 @@ def lab_agents(site, rng: random.Random) -> list[LabAgent]:
                      behaviour="noanswer" if rng.random() < 0.1 else "answer") for a in site.agents]
 
 
-async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, echo=click.echo) -> int:
+async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, start: datetime | None = None,
+                   echo=click.echo) -> int:
     rng = random.Random(seed)
-    store = open_store(config)
-    server, handler = build_server(config, site, store, host="127.0.0.1", port=0)
+    storage = open_storage(config)
+    store = storage.calls
+    clock = SimClock(start or next_weekday_morning(datetime.now(timezone.utc), site.timezone), time_scale)
+    server, handler = build_server(config, site, storage, host="127.0.0.1", port=0, now=clock)
     await server.start()
     ami_secret = secrets.token_urlsafe(16)   # lab-only account, lives as long as this run
     pbx = LabPBX(agi_host="127.0.0.1", agi_port=server.port,
@@ -59,7 +84,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     watch = ami.subscribe(count, "Newchannel", "Hangup", "BridgeEnter")
     plan = plan_calls(site, n_calls, rng, prompt_seconds=lambda _p: PROMPT_SECONDS)
     echo(f"madoguchi lab: site {site.name} ({site.id}), {len(site.agents)} operators, {n_calls} calls, "
-         f"time x{1 / time_scale:.0f}")
+         f"from {clock().astimezone(ZoneInfo(site.timezone)):%Y-%m-%d %H:%M %Z}, time x{1 / time_scale:.0f}")
     echo(f"  FastAGI server 127.0.0.1:{server.port}   lab PBX AMI 127.0.0.1:{pbx.ami_port}")
     t0 = time.monotonic()
 

@@ -21,30 +21,69 @@ _RAW = {".sln": (16000, 8000), ".sln16": (32000, 16000), ".ulaw": (8000, 8000), 
 
 
 class Sounds:
-    """Prompt name -> (seconds, endpos rate). Unknown names are missing files."""
+    """Prompt name -> (seconds, endpos rate). Unknown names are missing files.
+
+    ``durations`` give fixed lengths by name (any language). With ``sounds_dir`` set, a name is
+    looked up like Asterisk's file.c does for the channel's language: ``<dir>/<lang>/<name>``,
+    ``<dir>/<lang without _dialect>/<name>``, ``<dir>/<name>``, then ``<dir>/en/<name>``, and the
+    length comes from the file (the WAV header). Lengths are cached per file and size/mtime, so
+    a prompt rebuilt while the lab runs is measured again on the next play.
+    """
+
+    DEFAULT_LANGUAGE = "en"
+    EXTENSIONS = (".wav", ".wav16", ".sln16", ".sln", ".ulaw", ".alaw", ".gsm", ".g722")
 
     def __init__(self, durations: dict[str, float] | None = None, sounds_dir: str | os.PathLike | None = None):
         self._d: dict[str, tuple[float, int]] = {k: (float(v), 8000) for k, v in (durations or {}).items()}
         self.dir = Path(sounds_dir) if sounds_dir else None
+        self._files: dict[Path, tuple[tuple[int, int], tuple[float, int] | None]] = {}
 
-    def lookup(self, name: str) -> tuple[float, int] | None:
+    def lookup(self, name: str, language: str | None = None) -> tuple[float, int] | None:
         if name in self._d:
             return self._d[name]
         if self.dir is None:
             return None
-        for ext in (".wav", ".wav16", ".sln16", ".sln", ".ulaw", ".alaw", ".gsm", ".g722"):
-            p = self.dir / f"{name}{ext}"
-            if p.is_file():
-                found = self._read(p)
-                self._d[name] = found
-                return found
+        for base in self._candidates(name, language):
+            for ext in self.EXTENSIONS:
+                p = base.with_name(base.name + ext)
+                try:
+                    st = p.stat()
+                except OSError:
+                    continue
+                if not p.is_file():
+                    continue
+                key = (st.st_mtime_ns, st.st_size)
+                cached = self._files.get(p)
+                if cached is None or cached[0] != key:
+                    cached = (key, self._read(p))
+                    self._files[p] = cached
+                if cached[1] is not None:
+                    return cached[1]
         return None
 
+    def _candidates(self, name: str, language: str | None) -> list[Path]:
+        if name.startswith("/"):
+            return [Path(name)]          # an absolute file name: no language folders
+        out, langs = [], []
+        if language:
+            langs.append(language)
+            if "_" in language:
+                langs.append(language.split("_", 1)[0])
+        for lang in langs:
+            out.append(self.dir / lang / name)
+        out.append(self.dir / name)
+        if self.DEFAULT_LANGUAGE not in langs:
+            out.append(self.dir / self.DEFAULT_LANGUAGE / name)
+        return out
+
     @staticmethod
-    def _read(p: Path) -> tuple[float, int]:
+    def _read(p: Path) -> tuple[float, int] | None:
         if p.suffix in (".wav", ".wav16"):
-            with wave.open(str(p)) as w:
-                return w.getnframes() / w.getframerate(), w.getframerate()
+            try:
+                with wave.open(str(p)) as w:
+                    return w.getnframes() / w.getframerate(), w.getframerate()
+            except (wave.Error, EOFError, OSError, ZeroDivisionError):
+                return None       # not a PCM WAV Asterisk could play
         bps, rate = _RAW[p.suffix]
         return p.stat().st_size / bps, rate
 
@@ -89,7 +128,7 @@ async def play(ch: Channel, sounds: Sounds, clock: Clock, name: str, escape: str
 
     Raises ChannelHungUp(endpos) if the channel hangs up while playing.
     """
-    found = sounds.lookup(name)
+    found = sounds.lookup(name, ch.language)
     if found is None:
         return None
     seconds, rate = found

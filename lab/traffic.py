@@ -39,36 +39,31 @@ def plan_calls(site, n: int, rng: random.Random, prompt_seconds, mean_gap: float
 
 
 def _walk(site, number, rng, prompt_seconds):
-    """Digits with the time each is pressed, for one pass through the menus."""
-    t = ANSWER_SECONDS
+    """Digits with the time each is pressed, for one pass through the number's flow (open hours)."""
+    flow = site.flows[number.flow]
+    t = ANSWER_SECONDS + (prompt_seconds("recording-notice") if number.recorded else 0.0)
     digits: list[tuple[float, str]] = []
-    steps = [number.menu]
-    menu_id = number.menu
-    visited: list[str] = []
-    for _ in range(6):
-        menu = site.menus[menu_id]
-        if not visited or visited[-1] != menu_id:
-            visited.append(menu_id)
-        if rng.random() < 0.1:   # hesitates: the prompt plays out and the menu times out once
-            t += prompt_seconds(menu.prompt) + menu.timeout + 0.1
-        choices = [d for d, tg in menu.options.items() if tg.kind not in ("hangup", "repeat")]
-        if not choices:
-            break
-        digit = rng.choice(choices)
-        t += rng.uniform(*REACTION)
-        digits.append((round(t, 3), digit))
-        t += 0.05
-        target = menu.options[digit]
-        steps.append(digit)
-        if target.kind == "menu":
-            menu_id = target.value
-            steps.append(menu_id)
+    steps = []
+    node = flow.nodes[flow.start]
+    for _ in range(30):
+        steps.append(node.id)
+        k = node.kind
+        if k == "play":
+            t += prompt_seconds(node.prompt)
+            node = flow.nodes[node.next]
             continue
-        if target.kind == "lang":
-            steps.append(f"lang:{target.value}")
-            # like dialplan.flow: back to the menu that offered the language choice
-            menu_id = visited[-2] if len(visited) >= 2 else number.menu
+        if k in ("time", "mode"):
+            node = flow.nodes[node.open if k == "time" else node.normal]
             continue
-        steps.append(target.value)
-        break
+        if k in ("menu", "language"):
+            if rng.random() < 0.1:   # hesitates: the prompt plays out and the menu times out once
+                t += prompt_seconds(node.prompt) + node.timeout + 0.1
+            key = rng.choice(sorted(node.options))
+            t += rng.uniform(*REACTION)
+            digits.append((round(t, 3), key))
+            t += 0.05
+            steps.append(key)
+            node = flow.nodes[node.options[key] if k == "menu" else node.next]
+            continue
+        break   # queue, transfer, hangup...: the caller's part is done
     return digits, ">".join(steps)

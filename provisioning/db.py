@@ -5,12 +5,14 @@ is built here, so upgrades work from an installed wheel without an alembic.ini.
 """
 from __future__ import annotations
 
+from datetime import timezone
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, sessionmaker
+from sqlalchemy.types import DateTime, TypeDecorator
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -95,3 +97,23 @@ def current_revision(engine: Engine) -> str | None:
 def session_factory(engine: Engine) -> sessionmaker:
     # expire_on_commit=False: rows stay readable after the session closes
     return sessionmaker(engine, expire_on_commit=False)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC in and out, on SQLite (which has no time zones) as on PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        value = value.astimezone(timezone.utc)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)

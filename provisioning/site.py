@@ -1,4 +1,4 @@
-"""The *site* folder: published numbers, IVR menus, queues, agents, directory and calendar.
+"""The *site* folder: published numbers, call flows, queues, agents, directory, calendars, prompts.
 
 Loading never stops at the first mistake: every file is read, then cross-references are
 checked, and `SiteError` carries all problems with file, line and field.
@@ -7,20 +7,18 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
-from datetime import date, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from .calendar import Calendar, Period, load_calendars
+from .flows import Flow, Node, load_flows
 from .problems import REQUIRED, TABLES, Problem, ProblemsError, Reporter, read_toml, take
-from .values import (DIGITS, ENDPOINT, ID, LANG, PROMPT_ID, Target, TimeRange, e164, normalize_number,
-                     parse_day, parse_target, parse_time_range)
+from .values import DIGITS, ENDPOINT, ID, LANG, TimeRange, e164, normalize_number, parse_time_range
 
-__all__ = ["Site", "SiteError", "PublishedNumber", "Menu", "Queue", "Agent", "DirectoryEntry", "Trunk",
-           "Calendar", "Period", "Target", "TimeRange", "load_site"]
+__all__ = ["Site", "SiteError", "PublishedNumber", "Flow", "Node", "Queue", "Agent", "DirectoryEntry", "Trunk",
+           "Calendar", "Period", "TimeRange", "load_site"]
 
-DTMF_KEYS = set("0123456789*#")
 MODES = ("normal", "disaster")
-DAY_TYPES = ("weekday", "saturday", "sunday", "holiday")
 
 
 class SiteError(ProblemsError):
@@ -33,18 +31,8 @@ class PublishedNumber:
     e164: str            # +81223984894
     label: str
     mode: str            # normal | disaster
-    menu: str            # entry menu id
-
-
-@dataclass(frozen=True)
-class Menu:
-    id: str
-    prompt: str
-    timeout: int
-    retries: int
-    options: dict[str, Target]
-    on_timeout: Target
-    on_invalid: Target
+    flow: str            # the flow this number runs
+    recorded: bool = True  # play the recording notice before any operator answers
 
 
 @dataclass(frozen=True)
@@ -54,7 +42,6 @@ class Queue:
     skill: str
     languages: tuple[str, ...]
     max_wait: int
-    overflow: Target
 
 
 @dataclass(frozen=True)
@@ -89,47 +76,6 @@ class Trunk:
 
 
 @dataclass(frozen=True)
-class Period:
-    name: str
-    start: date | tuple[int, int]
-    end: date | tuple[int, int]
-    hours: TimeRange | None      # None = closed
-
-    def covers(self, day: date) -> bool:
-        if isinstance(self.start, date):
-            return self.start <= day <= self.end
-        md = (day.month, day.day)
-        if self.start <= self.end:
-            return self.start <= md <= self.end
-        return md >= self.start or md <= self.end      # wraps the new year (12-29 .. 01-03)
-
-
-@dataclass(frozen=True)
-class Calendar:
-    timezone: str
-    hours: dict[str, TimeRange | None]
-    holidays: frozenset[date]
-    periods: tuple[Period, ...]
-    closed_prompt: str | None
-
-    def hours_on(self, day: date) -> TimeRange | None:
-        """Special periods win over holidays, holidays over the day of the week."""
-        for p in self.periods:
-            if p.covers(day):
-                return p.hours
-        if day in self.holidays:
-            return self.hours["holiday"]
-        return self.hours[(("weekday",) * 5 + ("saturday", "sunday"))[day.weekday()]]
-
-    def is_open(self, when: datetime) -> bool:
-        if when.tzinfo is None:
-            raise ValueError("is_open needs a timezone-aware datetime")
-        local = when.astimezone(ZoneInfo(self.timezone))
-        hours = self.hours_on(local.date())
-        return hours is not None and local.time() in hours
-
-
-@dataclass(frozen=True)
 class Site:
     dir: Path
     id: str
@@ -138,11 +84,12 @@ class Site:
     languages: tuple[str, ...]     # first is the default
     skills: tuple[str, ...]
     numbers: tuple[PublishedNumber, ...]
-    menus: dict[str, Menu]
+    flows: dict[str, Flow]
     queues: dict[str, Queue]
     agents: list[Agent]
     directory: dict[str, DirectoryEntry]
-    calendar: Calendar
+    calendars: dict[str, Calendar]
+    prompts: dict[str, frozenset[str]]   # prompt id -> languages that have a text (ivr_prompts builds them)
     trunk: Trunk | None = None
 
     def number(self, dnid: str) -> PublishedNumber | None:
@@ -168,45 +115,42 @@ def load_site(path: str | Path) -> Site:
 class _Loader:
     def __init__(self, d: Path, problems: list[Problem]):
         self.d, self.problems = d, problems
-        self.refs: list[tuple[Reporter, tuple, Target, int | None]] = []  # checked after all files
 
     def load(self) -> Site:
         site, numbers, trunk, site_rep = self._site()
         self.languages, self.skills = tuple(site["languages"] or ()), tuple(site["skills"] or ())
-        menus = self._menus()
+        timezone = site["timezone"] or "Asia/Tokyo"
         queues = self._queues()
         agents = self._agents()
         directory = self._directory()
-        calendar = self._calendar(site["timezone"] or "Asia/Tokyo")
-        self.menu_ids, self.queue_ids, self.dir_ids = set(menus), set(queues), set(directory)
-        for rep, path, target, line in self.refs:
-            self._check_ref(rep, path, target, line)
+        calendars = load_calendars(self.d / "calendar.toml", self.problems, timezone)
+        prompts = self._prompts()
+        if prompts is not None:
+            from ivr_prompts.catalog import SYSTEM_PROMPTS   # played by the engine, not named in flows
+            for pid in SYSTEM_PROMPTS:
+                if pid not in prompts:
+                    self.problems.append(Problem(str(self.d / "prompts.toml"), None, f"prompts.{pid}",
+                                                 "prompt played by madoguchi itself is missing"))
+        flows = load_flows(self.d / "flows.toml", self.problems, languages=self.languages, queues=queues,
+                           directory=directory, calendars=calendars, prompts=prompts)
         for i, n in numbers:
-            if n.menu not in menus:
-                site_rep.add(("numbers", i, "menu"), f"menu {n.menu!r} is not defined in menus.toml")
+            if n.flow not in flows:
+                site_rep.add(("numbers", i, "flow"), f"flow {n.flow!r} is not defined in flows.toml")
         if directory and trunk is None:
             site_rep.add(("trunk",), "directory.csv has entries but site.toml has no [trunk] (OD gateway)")
         nums = tuple(n for _, n in numbers)
-        return Site(self.d, site["id"], site["name"], site["timezone"], self.languages, self.skills, nums,
-                    menus, queues, agents, directory, calendar, trunk)
+        return Site(self.d, site["id"], site["name"], timezone, self.languages, self.skills, nums,
+                    flows, queues, agents, directory, calendars, prompts or {}, trunk)
 
-    def _target(self, rep: Reporter, path: tuple, text, line: int | None = None) -> Target | None:
-        if not isinstance(text, str):
-            rep.add(path, "must be a target string like 'queue:general'", line)
+    def _prompts(self) -> dict[str, frozenset[str]] | None:
+        """Which prompt has text in which language; ivr_prompts validates the texts themselves."""
+        data, rep = read_toml(self.d / "prompts.toml", self.problems)
+        if data is None or not isinstance(data.get("prompts"), dict):
+            if data is not None:
+                rep.add(("prompts",), "missing [prompts.<id>] tables")
             return None
-        try:
-            t = parse_target(text)
-        except ValueError as e:
-            rep.add(path, str(e), line)
-            return None
-        self.refs.append((rep, path, t, line))
-        return t
-
-    def _check_ref(self, rep: Reporter, path: tuple, t: Target, line: int | None) -> None:
-        known = {"menu": (self.menu_ids, "menus.toml"), "queue": (self.queue_ids, "queues.toml"),
-                 "transfer": (self.dir_ids, "directory.csv"), "lang": (set(self.languages), "site.languages")}
-        if t.kind in known and t.value not in known[t.kind][0]:
-            rep.add(path, f"{t.kind} {t.value!r} is not defined in {known[t.kind][1]}", line)
+        return {pid: frozenset(k for k in t if k in self.languages) if isinstance(t, dict) else frozenset()
+                for pid, t in data["prompts"].items()}
 
     # site.toml
     def _site(self):
@@ -239,7 +183,8 @@ class _Loader:
         seen: dict[str, int] = {}
         for i, raw in enumerate(raw_numbers):
             n = take(rep, raw, ("numbers", i), {"number": (str, REQUIRED), "label": (str, ""),
-                                                "mode": (str, "normal"), "menu": (str, REQUIRED)})
+                                                "mode": (str, "normal"), "flow": (str, REQUIRED),
+                                                "recorded": (bool, True)})
             ok = all(n[k] is not None for k in n)
             national = normalize_number(n["number"]) if n["number"] is not None else None
             if n["number"] is not None and national is None:
@@ -251,12 +196,12 @@ class _Loader:
             if n["mode"] is not None and n["mode"] not in ("normal", "disaster"):
                 rep.add(("numbers", i, "mode"), "must be 'normal' or 'disaster'")
                 ok = False
-            if n["menu"] is not None and not ID.match(n["menu"]):
-                rep.add(("numbers", i, "menu"), "must be a menu id")
+            if n["flow"] is not None and not ID.match(n["flow"]):
+                rep.add(("numbers", i, "flow"), "must be a flow id")
                 ok = False
             if ok:
                 seen[national] = i
-                numbers.append((i, PublishedNumber(national, e164(national), n["label"], n["mode"], n["menu"])))
+                numbers.append((i, PublishedNumber(national, e164(national), n["label"], n["mode"], n["flow"], n["recorded"])))
         trunk = None
         if top["trunk"] is not None:
             t = take(rep, top["trunk"], ("trunk",), {"id": (str, "od-gateway"), "host": (str, REQUIRED),
@@ -275,41 +220,6 @@ class _Loader:
                 trunk = Trunk(**t)
         return s, numbers, trunk, rep
 
-    # menus.toml
-    def _menus(self) -> dict[str, Menu]:
-        data, rep = read_toml(self.d / "menus.toml", self.problems)
-        if data is None:
-            return {}
-        top = take(rep, data, (), {"menus": (dict, REQUIRED)})
-        menus = {}
-        for mid, raw in (top["menus"] or {}).items():
-            p = ("menus", mid)
-            if not ID.match(mid):
-                rep.add(p, "menu id must match [a-z][a-z0-9_-]{0,31}")
-            m = take(rep, raw, p, {"prompt": (str, REQUIRED), "timeout": (int, 5), "retries": (int, 2),
-                                   "options": (dict, REQUIRED), "on_timeout": (str, "repeat"),
-                                   "on_invalid": (str, "repeat")})
-            if m["prompt"] is not None and not PROMPT_ID.match(m["prompt"]):
-                rep.add(p + ("prompt",), "must be a prompt id like 'main-menu'")
-            if m["timeout"] is not None and not 1 <= m["timeout"] <= 60:
-                rep.add(p + ("timeout",), "must be 1-60 seconds")
-            if m["retries"] is not None and not 0 <= m["retries"] <= 9:
-                rep.add(p + ("retries",), "must be 0-9")
-            options = {}
-            if m["options"] is not None and not m["options"]:
-                rep.add(p + ("options",), "a menu needs at least one option")
-            for key, text in (m["options"] or {}).items():
-                if key not in DTMF_KEYS:
-                    rep.add(p + ("options", key), "option key must be one DTMF key: 0-9, * or #")
-                t = self._target(rep, p + ("options", key), text)
-                if t is not None:
-                    options[key] = t
-            on_timeout = self._target(rep, p + ("on_timeout",), m["on_timeout"])
-            on_invalid = self._target(rep, p + ("on_invalid",), m["on_invalid"])
-            if None not in (m["prompt"], m["timeout"], m["retries"], on_timeout, on_invalid):
-                menus[mid] = Menu(mid, m["prompt"], m["timeout"], m["retries"], options, on_timeout, on_invalid)
-        return menus
-
     # queues.toml
     def _queues(self) -> dict[str, Queue]:
         data, rep = read_toml(self.d / "queues.toml", self.problems)
@@ -322,7 +232,7 @@ class _Loader:
             if not ID.match(qid):
                 rep.add(p, "queue id must match [a-z][a-z0-9_-]{0,31}")
             q = take(rep, raw, p, {"name": (str, REQUIRED), "skill": (str, REQUIRED), "languages": (list, None),
-                                   "max_wait": (int, 300), "overflow": (str, "hangup")})
+                                   "max_wait": (int, 300)})
             if q["skill"] is not None and q["skill"] not in self.skills:
                 rep.add(p + ("skill",), f"skill {q['skill']!r} is not listed in site.toml [site] skills")
             langs = self.languages if q["languages"] is None else tuple(q["languages"])
@@ -331,13 +241,8 @@ class _Loader:
                     rep.add(p + ("languages",), f"language {lang!r} is not in site.toml [site] languages", value=lang)
             if q["max_wait"] is not None and not 0 < q["max_wait"] <= 3600:
                 rep.add(p + ("max_wait",), "must be 1-3600 seconds")
-            overflow = self._target(rep, p + ("overflow",), q["overflow"])
-            if overflow is not None and overflow.kind in ("repeat", "lang"):
-                rep.add(p + ("overflow",), f"{overflow.kind!r} makes no sense as an overflow target")
-            if overflow == Target("queue", qid):
-                rep.add(p + ("overflow",), "a queue cannot overflow into itself")
-            if None not in (q["name"], q["skill"], q["max_wait"], overflow):
-                queues[qid] = Queue(qid, q["name"], q["skill"], langs, q["max_wait"], overflow)
+            if None not in (q["name"], q["skill"], q["max_wait"]):
+                queues[qid] = Queue(qid, q["name"], q["skill"], langs, q["max_wait"])
         return queues
 
     # agents.csv
@@ -403,66 +308,6 @@ class _Loader:
                 entries[r["id"]] = DirectoryEntry(r["id"], r["department"], r["extension"], r["trunk_number"],
                                                   hours, phone)
         return entries
-
-    # calendar.toml
-    def _calendar(self, timezone: str) -> Calendar:
-        data, rep = read_toml(self.d / "calendar.toml", self.problems)
-        empty = Calendar(timezone, {k: None for k in DAY_TYPES}, frozenset(), (), None)
-        if data is None:
-            return empty
-        top = take(rep, data, (), {"calendar": (dict, {}), "hours": (dict, REQUIRED), "holidays": (dict, {}),
-                                   "periods": (TABLES, [])})
-        c = take(rep, top["calendar"] or {}, ("calendar",), {"closed_prompt": (str, None)})
-        if c["closed_prompt"] is not None and not PROMPT_ID.match(c["closed_prompt"]):
-            rep.add(("calendar", "closed_prompt"), "must be a prompt id")
-        h = take(rep, top["hours"] or {}, ("hours",), {k: (str, REQUIRED) for k in DAY_TYPES})
-        hours = {k: self._hours(rep, ("hours", k), v) for k, v in h.items()}
-        hol = take(rep, top["holidays"] or {}, ("holidays",), {"dates": (list, [])})
-        holidays = set()
-        for v in hol["dates"] or []:
-            try:
-                holidays.add(date.fromisoformat(v))
-            except ValueError:
-                rep.add(("holidays", "dates"), f"{v!r} is not a date (YYYY-MM-DD)", value=v)
-        periods = []
-        raw_periods = top["periods"] or []
-        for i, raw in enumerate(raw_periods):
-            p = ("periods", i)
-            x = take(rep, raw, p, {"name": (str, REQUIRED), "from": (str, REQUIRED), "to": (str, REQUIRED),
-                                   "hours": (str, REQUIRED)})
-            ends = []
-            for k in ("from", "to"):
-                try:
-                    ends.append(parse_day(x[k]) if x[k] is not None else None)
-                except ValueError as e:
-                    rep.add(p + (k,), str(e))
-                    ends.append(None)
-            if None not in ends and type(ends[0]) is not type(ends[1]):
-                rep.add(p + ("to",), "'from' and 'to' must both be YYYY-MM-DD or both MM-DD")
-                continue
-            if None not in ends and isinstance(ends[0], date) and ends[0] > ends[1]:
-                rep.add(p + ("to",), "ends before it starts")
-                continue
-            ph = self._hours(rep, p + ("hours",), x["hours"])
-            if None not in ends and x["name"] is not None and ph is not False:
-                periods.append(Period(x["name"], ends[0], ends[1], ph))
-        if any(v is False for v in hours.values()):
-            return empty
-        return Calendar(timezone, hours, frozenset(holidays), tuple(periods), c["closed_prompt"])
-
-    @staticmethod
-    def _hours(rep: Reporter, path: tuple, text: str | None):
-        """TimeRange, None for 'closed', or False when invalid."""
-        if text is None:
-            return False
-        if text == "closed":
-            return None
-        try:
-            return parse_time_range(text)
-        except ValueError as e:
-            rep.add(path, f"{e} (or \"closed\")")
-            return False
-
 
 def _split(cell: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in cell.split(";") if v.strip())

@@ -178,4 +178,4 @@ def test_check_all_reports_config_and_site(tmp_path, monkeypatch):
     assert "MADOGUCHI_AMI_SECRET" in problems[0].message
     monkeypatch.setenv("MADOGUCHI_AMI_SECRET", SECRET)
     assert check_all(cfg) == []
-    assert [p.field for p in check_all(cfg, tmp_path)] == ["", "", "", "", "", ""]  # six missing files
+    assert [p.field for p in check_all(cfg, tmp_path)] == [""] * 7  # seven missing files

@@ -1,17 +1,21 @@
-"""The flow engine driven with plain values: no sockets, no PBX."""
+"""The flow engine driven with plain values: no sockets, no PBX, any date, any mode."""
 from __future__ import annotations
 
-import dataclasses
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from acd.pool import AgentPool
+from acd.waiting import WaitingList
 from dialplan import flow
+from dialplan.modes import CongestionMonitor, ServiceState
 from provisioning.site import load_site
-from provisioning.values import Target
 
 SENDAI = Path(__file__).resolve().parents[1] / "lab" / "sites" / "sendai"
+JST = ZoneInfo("Asia/Tokyo")
+OPEN = datetime(2026, 11, 24, 10, 0, tzinfo=JST)      # a Tuesday
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +23,11 @@ def site():
     return load_site(SENDAI)
 
 
-def drive(site, dnid, answers):
-    """Run the flow; ``answers`` maps action types to callables giving the outcome."""
+def drive(site, dnid, answers, now=OPEN, state=ServiceState()):
+    """Run the flow; ``answers(action)`` gives each outcome."""
     trail = flow.Trail()
-    gen = flow.run(site, dnid, trail)
+    ctx = flow.Context(now=lambda: now, state=lambda: state)
+    gen = flow.run(site, dnid, trail, ctx)
     actions, outcome = [], None
     try:
         while True:
@@ -34,7 +39,7 @@ def drive(site, dnid, answers):
     return actions, trail
 
 
-def keys(*digits):
+def keys(*digits, agent="op1001"):
     it = iter(digits)
 
     def answer(action):
@@ -42,92 +47,118 @@ def keys(*digits):
             d = next(it, "")
             return flow.Digits(d, timed_out=not d)
         if isinstance(action, flow.Connect):
-            return flow.Connected(True, "op1001", "answered")
+            return flow.Connected(agent is not None, agent, "answered" if agent else "timeout")
         return None
     return answer
 
 
-def test_main_menu_to_general_queue(site):
+def prompts(actions):
+    return [a.prompt for a in actions if isinstance(a, (flow.Play, flow.Collect))]
+
+
+def test_open_hours_main_menu_to_general_queue(site):
     actions, trail = drive(site, "0223984894", keys("1"))
-    assert isinstance(actions[0], flow.Answer)
-    assert actions[1] == flow.Collect("main-menu", "ja", 5, 1)
-    assert actions[2] == flow.Connect("general", "ja")
-    assert isinstance(actions[-1], flow.Hangup)
-    assert (trail.path, trail.queue, trail.agent, trail.outcome) == ("main>1>general", "general", "op1001", "answered")
+    assert actions[:3] == [flow.Answer(), flow.SetLanguage("ja"), flow.Play("recording-notice")]
+    assert prompts(actions)[:3] == ["recording-notice", "welcome", "main-menu"]
+    assert flow.Connect("general", "ja") in actions
+    assert (trail.path, trail.queue, trail.agent, trail.outcome) == \
+        ("main:hours>welcome>menu>1>general", "general", "op1001", "answered")
 
 
-def test_language_choice_returns_to_entry_menu_in_that_language(site):
-    actions, trail = drive(site, "022-398-4894", keys("9", "2", "1"))
-    collects = [a for a in actions if isinstance(a, flow.Collect)]
-    assert [(c.prompt, c.language) for c in collects] == [("main-menu", "ja"), ("language-menu", "ja"),
-                                                          ("main-menu", "en")]
-    assert flow.Connect("general", "en") in actions
-    assert trail.language == "en" and trail.path == "main>9>language>2>lang:en>main>1>general"
-
-
-def test_timeouts_use_the_menus_fallback_after_retries(site):
-    menu = site.menus["main"]
-    actions, trail = drive(site, "0223984894", keys())  # presses nothing at all
-    collects = [a for a in actions if isinstance(a, flow.Collect)]
-    assert len(collects) == menu.retries + 1
-    assert flow.Connect(menu.on_timeout.value, "ja") in actions
-    assert "timeout" in trail.path
-
-
-def test_invalid_input_repeats_then_gives_up(site):
-    actions, trail = drive(site, "0223984894", keys("7", "7", "7", "7"))
-    assert not any(isinstance(a, flow.Connect) for a in actions)
-    assert trail.outcome == "no_input" and isinstance(actions[-1], flow.Hangup)
-
-
-def test_unanswered_queue_plays_overflow_message(site):
+def test_key_pressed_during_the_welcome_is_taken_by_the_menu(site):
     def answers(action):
-        if isinstance(action, flow.Collect):
+        if isinstance(action, flow.Play) and action.prompt == "welcome":
+            assert action.interruptible
             return flow.Digits("1")
-        if isinstance(action, flow.Connect):
-            return flow.Connected(False, None, "timeout")
+        return keys()(action) if not isinstance(action, flow.Connect) else flow.Connected(True, "op1002", "answered")
     actions, trail = drive(site, "0223984894", answers)
-    overflow = site.queues["general"].overflow
-    assert flow.Play(overflow.value, "ja") in actions and trail.outcome == "unanswered"
+    assert not any(isinstance(a, flow.Collect) for a in actions) and trail.outcome == "answered"
 
 
-def test_queue_overflow_to_another_queue(site):
-    """A queue whose overflow is another queue offers the caller there before giving up."""
-    general = dataclasses.replace(site.queues["general"], overflow=Target("queue", "interpreter"))
-    site2 = dataclasses.replace(site, queues={**site.queues, "general": general})
-    tried = []
-
-    def answers(action):
-        if isinstance(action, flow.Collect):
-            return flow.Digits("1")
-        if isinstance(action, flow.Connect):
-            tried.append(action.queue)
-            return flow.Connected(action.queue == "interpreter", "op1007" if action.queue == "interpreter" else None,
-                                  "answered" if action.queue == "interpreter" else "timeout")
-    _, trail = drive(site2, "0223984894", answers)
-    assert tried == ["general", "interpreter"]
-    assert (trail.queue, trail.agent, trail.outcome) == ("interpreter", "op1007", "answered")
-    assert trail.path.endswith("general>overflow:interpreter")
-
-
-def test_every_outcome_the_flow_reaches_is_one_the_call_log_accepts(site):
-    from cti.calls import OUTCOMES
-    scenarios = [keys("1"), keys("2"), keys(), keys("7", "7", "7", "7"), keys("*", "1")]
-
-    def unanswered(action):
-        if isinstance(action, flow.Collect):
-            return flow.Digits("1")
-        if isinstance(action, flow.Connect):
-            return flow.Connected(False, None, "timeout")
-    seen = {drive(site, "0223984894", s)[1].outcome for s in [*scenarios, unanswered]}
-    seen.add(drive(site, "0312345678", keys())[1].outcome)
-    assert seen <= set(OUTCOMES) and {"answered", "message", "no_input", "unanswered", "misrouted"} <= seen
+@pytest.mark.parametrize("when, is_open", [
+    (datetime(2026, 11, 24, 19, 59, tzinfo=JST), True),      # weekday, 1 minute before 20:00
+    (datetime(2026, 11, 24, 20, 1, tzinfo=JST), False),      # weekday, just after closing
+    (datetime(2026, 11, 24, 7, 59, tzinfo=JST), False),      # before opening
+    (datetime(2026, 11, 28, 16, 59, tzinfo=JST), True),      # Saturday, before 17:00
+    (datetime(2026, 11, 28, 17, 1, tzinfo=JST), False),      # Saturday after 17:00
+    (datetime(2026, 5, 6, 18, 0, tzinfo=JST), False),        # substitute holiday (振替休日): 17:00 close
+    (datetime(2026, 5, 7, 18, 0, tzinfo=JST), True),         # the Thursday after: weekday hours
+    (datetime(2026, 11, 23, 18, 0, tzinfo=JST), False),      # 勤労感謝の日 on a Monday
+    (datetime(2026, 12, 30, 16, 0, tzinfo=JST), True),       # year-end: open with weekend hours
+    (datetime(2026, 12, 30, 18, 0, tzinfo=JST), False),
+    (datetime(2027, 1, 4, 18, 0, tzinfo=JST), True),         # 1/4: back to weekday hours
+    (datetime(2026, 11, 24, 11, 1, tzinfo=ZoneInfo("UTC")), False),  # 20:01 JST, told in UTC
+])
+def test_calendar_decides_open_or_after_hours(site, when, is_open):
+    actions, trail = drive(site, "0223984894", keys("1"), now=when)
+    if is_open:
+        assert trail.outcome == "answered"
+    else:
+        assert trail.outcome == "closed" and prompts(actions)[-1] == "after-hours"
+        assert not any(isinstance(a, flow.Connect) for a in actions)
 
 
-def test_repeat_key_asks_the_same_menu_again(site):
-    actions, trail = drive(site, "0223984894", keys("*", "1"))
-    assert [a.prompt for a in actions if isinstance(a, flow.Collect)] == ["main-menu", "main-menu"]
-    assert trail.path == "main>1>general"
+def test_menu_timeout_prompts_then_fallback(site):
+    menu = site.flows["main"].nodes["menu"]
+    actions, trail = drive(site, "0223984894", keys())
+    assert sum(isinstance(a, flow.Collect) for a in actions) == menu.retries + 1
+    assert prompts(actions).count("no-input") == menu.retries
+    assert flow.Connect("general", "ja") in actions and "fallback" in trail.path
+
+
+def test_invalid_input_is_told_and_retried(site):
+    actions, trail = drive(site, "0223984894", keys("7", "1"))
+    assert prompts(actions)[2:5] == ["main-menu", "invalid", "main-menu"]
+    assert trail.outcome == "answered"
+
+
+@pytest.mark.parametrize("key, lang", [("1", "ja"), ("2", "en"), ("3", "zh"), ("4", "ko"), ("5", "vi"), ("6", "ne")])
+def test_each_language(site, key, lang):
+    actions, trail = drive(site, "0223984894", keys("9", key, "1"))
+    assert flow.SetLanguage(lang) in actions and trail.language == lang
+    assert flow.Connect("general", lang) in actions
+    assert f"lang:{lang}" in trail.path
+
+
+def test_emergency_stop_plays_the_suspension_message_to_everyone(site):
+    actions, trail = drive(site, "0223984894", keys("1"), state=ServiceState("emergency"))
+    assert prompts(actions) == ["service-suspended"] and trail.outcome == "suspended"
+
+
+def test_congestion_message_before_queueing(site):
+    actions, _ = drive(site, "0223984894", keys("1"), state=ServiceState(congestion=True))
+    i = actions.index(flow.Play("congestion"))
+    assert isinstance(actions[i + 1], flow.Connect)
+    actions, _ = drive(site, "0223984894", keys("1"))
+    assert flow.Play("congestion") not in actions
+
+
+def test_disaster_mode_72_hours_round_the_clock_then_normal_hours(site):
+    night = datetime(2026, 11, 25, 3, 0, tzinfo=JST)
+    since = night - timedelta(hours=10)
+    on = ServiceState("disaster", disaster_since=since)
+    # the disaster line at 03:00, 10 h into disaster mode: open, straight to the disaster menu, with priority
+    actions, trail = drive(site, "0223985905", keys("1"), now=night, state=on)
+    assert prompts(actions)[1] == "disaster-greeting"
+    connect = next(a for a in actions if isinstance(a, flow.Connect))
+    assert connect.queue == "disaster" and connect.priority == flow.DISASTER_PRIORITY
+    # the main line is open at night too during the first 72 hours, without priority
+    actions, trail = drive(site, "0223984894", keys("1"), now=night, state=on)
+    assert trail.outcome == "answered"
+    assert next(a for a in actions if isinstance(a, flow.Connect)).priority == 0
+    # after 72 hours: normal hours again
+    late = ServiceState("disaster", disaster_since=night - timedelta(hours=73))
+    _, trail = drive(site, "0223984894", keys("1"), now=night, state=late)
+    assert trail.outcome == "closed"
+    # mode off: the disaster line answers like the center, by the calendar
+    actions, trail = drive(site, "0223985905", keys("1"), now=OPEN)
+    assert trail.path.startswith("disaster:mode>hours>greeting") and \
+        next(a for a in actions if isinstance(a, flow.Connect)).priority == 0
+
+
+def test_unanswered_queue_ends_with_the_busy_message(site):
+    actions, trail = drive(site, "0223984894", keys("1", agent=None))
+    assert prompts(actions)[-1] == "all-busy" and trail.outcome == "unanswered"
 
 
 def test_unknown_number_is_not_answered(site):
@@ -135,15 +166,48 @@ def test_unknown_number_is_not_answered(site):
     assert actions == [flow.Hangup("unknown number")] and trail.outcome == "misrouted"
 
 
-def test_pool_picks_longest_idle_with_skill_and_language(site):
+def test_every_outcome_the_flow_reaches_is_one_the_call_log_accepts(site):
+    from cti.calls import OUTCOMES
+    seen = {drive(site, "0223984894", keys(*k, agent=a), now=n, state=st)[1].outcome
+            for k, a, n, st in [(("1",), "op1001", OPEN, ServiceState()), (("2",), None, OPEN, ServiceState()),
+                                (("1",), None, OPEN, ServiceState()), ((), None, OPEN, ServiceState("emergency")),
+                                (("1",), "op1", datetime(2026, 11, 24, 22, 0, tzinfo=JST), ServiceState())]}
+    seen.add(drive(site, "0312345678", keys())[1].outcome)
+    assert seen <= set(OUTCOMES)
+    assert {"answered", "message", "unanswered", "suspended", "closed", "misrouted"} <= seen
+
+
+def test_pool_picks_longest_idle_with_skills_and_language(site):
     pool = AgentPool.from_site(site)
-    first = pool.candidates("general", "ja")
+    first = pool.candidates({"general"}, "ja")
     assert first and all("general" in a.skills for a in first)
     a = first[0]
     pool.claim(a.id)
     with pytest.raises(ValueError):
         pool.claim(a.id)
-    assert a.id not in [x.id for x in pool.candidates("general", "ja")]
+    assert a.id not in [x.id for x in pool.candidates({"general"}, "ja")]
     pool.release(a.id, now=10.0)
-    assert pool.candidates("general", "ja")[-1].id == a.id  # just finished: idle the shortest
-    assert pool.candidates("no-such-skill") == []
+    assert pool.candidates({"general"}, "ja")[-1].id == a.id  # just finished: idle the shortest
+    assert pool.candidates({"general", "no-such-skill"}) == []
+
+
+def test_waiting_list_priority_then_first_come():
+    w = WaitingList()
+    w.add("a", {"general"}, 0, since=1.0)
+    w.add("b", {"general"}, 0, since=2.0)
+    w.add("d", {"disaster"}, 10, since=3.0)
+    general_op, both_op = frozenset({"general"}), frozenset({"general", "disaster"})
+    assert w.is_next("a", general_op) and not w.is_next("b", general_op)
+    assert w.is_next("d", both_op) and not w.is_next("a", both_op)    # disaster first for whoever can take it
+    assert w.is_next("a", general_op)                                  # a general-only operator is not held up
+    assert w.stats(now=11.0) == (3, 10.0)
+
+
+def test_congestion_enters_at_threshold_and_leaves_below_half():
+    m = CongestionMonitor(max_waiting=4, max_oldest_wait=60)
+    assert m.observe(3, 10) is None
+    assert m.observe(4, 10) is True
+    assert m.observe(3, 10) is None           # still congested: no flapping
+    assert m.observe(2, 29) is False
+    assert m.observe(0, 0) is None
+    assert m.observe(1, 61) is True           # the oldest wait alone is enough

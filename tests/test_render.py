@@ -31,11 +31,16 @@ def test_writes_three_files(rendered):
 def test_extensions(rendered):
     ext = rendered["extensions.conf"]
     for national, e164 in (("0223984894", "+81223984894"), ("0223985905", "+81223985905")):
-        assert f"exten => {national},1,Goto(madoguchi-agi,{national},1)" in ext
-        assert f"exten => {e164},1,Goto(madoguchi-agi,{national},1)" in ext
-        assert f" same => n,AGI(agi://127.0.0.1:4573/madoguchi?number={national})" in ext
-    assert f"exten => 0223984894,1,Set(AGISIGHUP=yes)" in ext
+        assert f"exten => {national},1,Goto(madoguchi-number-{national},s,1)" in ext
+        assert f"exten => {e164},1,Goto(madoguchi-number-{national},s,1)" in ext
+        body = ext.split(f"\n[madoguchi-number-{national}]\n")[1].split("\n\n")[0]
+        assert body.startswith("exten => s,1,Answer()\n same => n,Set(CHANNEL(language)=ja)\n"
+                               " same => n,Set(AGISIGHUP=yes)\n")
+        assert f" same => n,AGI(agi://127.0.0.1:4573/madoguchi?number={national})\n" in body
+        assert " same => n(fallback),Log(WARNING," in body and " same => n,Playback(madoguchi/all-busy)\n" in body
+        assert "\nexten => h,1,NoOp(" in body
     assert "\nexten => h,1," in ext
+    assert "exten => _X.,1,Goto(madoguchi-number-0223984894,s,1)" in ext   # city staff: the main number
     assert "[madoguchi-agents]" in ext and "exten => op1001,1,Dial(PJSIP/op1001,30)" in ext
     assert "exten => 7251001,1,Gosub(madoguchi-od-dial,s,1(7251001))" in ext
     assert "GROUP_COUNT(od-gateway@madoguchi)} > 24" in ext
@@ -94,11 +99,35 @@ def test_safe_accepts_tokens():
     lambda s: dataclasses.replace(s, directory={"x": dataclasses.replace(next(iter(s.directory.values())),
                                                                        trunk_number="1$[1+1]")}),
     lambda s: dataclasses.replace(s, id="Sendai City"),
+    lambda s: dataclasses.replace(s, languages=("ja)\n same => n,System(id",)),
+    lambda s: dataclasses.replace(s, languages=()),
+    lambda s: dataclasses.replace(s, numbers=(dataclasses.replace(s.numbers[0], e164="+81223985905"),)),
+    lambda s: dataclasses.replace(s, numbers=(dataclasses.replace(s.numbers[0], mode="normal,1,System(x)"),)),
+    lambda s: dataclasses.replace(s, numbers=(s.numbers[0], s.numbers[0])),
+    # the static operator group is rendered into Dial(PJSIP/a&PJSIP/b,...): its endpoints too
+    lambda s: dataclasses.replace(s, agents=[Agent("op1", "A", "PJSIP/op1&Local/x@evil", ("general",), ("ja",))]),
+    lambda s: dataclasses.replace(s, agents=[Agent("op1", "A", "PJSIP/op1,1,D(1)", ("general",), ("ja",))]),
 ])
 def test_injection_attempts_are_refused(site, tmp_path, change):
     with pytest.raises(RenderError):
         render_asterisk(load_config(None), change(site), tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+@pytest.mark.parametrize("skill", ["general)", "a&b", "", "General", "x" * 40])
+def test_bad_fallback_skill_is_refused(site, tmp_path, skill):
+    with pytest.raises(RenderError, match="fallback skill"):
+        render_asterisk(load_config(None), site, tmp_path, fallback_skill=skill)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_agi_host_from_config_is_refused(site, tmp_path):
+    cfg = tmp_path / "m.toml"
+    cfg.write_text('[agi]\nlisten_port = 4600\n[asterisk]\nagi_host = "10.0.0.5"\n')
+    config = load_config(cfg)
+    config = dataclasses.replace(config, asterisk=dataclasses.replace(config.asterisk, agi_host="10.0.0.5/x?y"))
+    with pytest.raises(RenderError, match="AGI host"):
+        render_asterisk(config, site, tmp_path / "out")
 
 
 def test_wildcard_listen_host_needs_agi_host(site, tmp_path):

@@ -36,8 +36,8 @@ async def wait_port(port: int, timeout: float = 15) -> None:
 
 async def test_serve_takes_calls_watches_ami_and_stops_cleanly(tmp_path):
     site = load_site(SENDAI)
-    pbx = LabPBX(agi_port=0, time_scale=0.01, ami_users={"madoguchi": "s3cret-ami"},
-                 agents=[LabAgent(a.endpoint, ring_delay=2, talk_time=30) for a in site.agents],
+    pbx = LabPBX(agi_port=0, time_scale=0.05, ami_users={"madoguchi": "s3cret-ami"},
+                 agents=[LabAgent(a.endpoint, ring_delay=2, talk_time=10) for a in site.agents],
                  routes={}, sounds=lab_sounds(site), trunk=site.trunk.id)
     await pbx.start()
     agi_port = free_port()
@@ -51,7 +51,7 @@ async def test_serve_takes_calls_watches_ami_and_stops_cleanly(tmp_path):
         env={**os.environ, "T_AMI": "s3cret-ami"}, stderr=asyncio.subprocess.PIPE)
     try:
         await wait_port(agi_port)
-        res = await pbx.call(CallerScript(caller_id="0227770000", dialed="0223984894", digits=[(3.0, "1")]))
+        res = await pbx.call(CallerScript(caller_id="0227770000", dialed="0223984894", digits=[(8.0, "1")]))
         assert res.answered_by
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 15)
@@ -64,7 +64,7 @@ async def test_serve_takes_calls_watches_ami_and_stops_cleanly(tmp_path):
     assert "AMI: connected" in log and "stopped" in log
     assert "s3cret-ami" not in log
     row = CallStore(make_engine(f"sqlite:///{tmp_path / 'data' / 'madoguchi.sqlite3'}")).get(res.uniqueid)
-    assert row.outcome == "answered" and row.ivr_path == "main>1>general"
+    assert row.outcome == "answered" and row.ivr_path == "main:hours>welcome>menu>1>general"
 
 
 async def test_serve_comes_up_without_ami(tmp_path):

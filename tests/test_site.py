@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.site import SiteError, Target, load_site
-from provisioning.values import normalize_number, parse_target, parse_time_range
+from provisioning.site import SiteError, load_site
+from provisioning.values import normalize_number, parse_time_range
 
 SENDAI = Path(__file__).resolve().parents[1] / "lab" / "sites" / "sendai"
 JST = timezone(timedelta(hours=9))
@@ -17,21 +17,20 @@ def sendai():
 
 
 def test_sendai_numbers(sendai):
-    assert [(n.number, n.mode, n.menu) for n in sendai.numbers] == [
-        ("0223984894", "normal", "main"), ("0223985905", "disaster", "disaster")]
+    assert [(n.number, n.mode, n.flow, n.recorded) for n in sendai.numbers] == [
+        ("0223984894", "normal", "main", True), ("0223985905", "disaster", "disaster", True)]
     for form in ("0223984894", "022-398-4894", "+81223984894", "+81 22 398 4894"):
-        assert sendai.number(form).menu == "main"
+        assert sendai.number(form).flow == "main"
     assert sendai.number("0223985070") is None  # fax, not an IVR number
     assert sendai.number("") is None and sendai.number("anonymous") is None
 
 
-def test_sendai_menus_queues_agents(sendai):
-    main = sendai.menus["main"]
-    assert main.options["1"] == Target("queue", "general")
-    assert main.options["9"] == Target("menu", "language")
-    assert main.on_timeout == Target("queue", "general")
-    lang = sendai.menus["language"]
-    assert sorted(t.value for t in lang.options.values() if t.kind == "lang") == sorted(sendai.languages)
+def test_sendai_flows_queues_agents(sendai):
+    menu = sendai.flows["main"].nodes["menu"]
+    assert menu.options == {"1": "general", "2": "faq", "9": "language"} and menu.fallback == "general"
+    assert sendai.flows["main"].nodes["general"].queue == "general"
+    lang = sendai.flows["main"].nodes["language"]
+    assert sorted(lang.options.values()) == sorted(sendai.languages)
     assert sendai.languages == ("ja", "en", "zh", "ko", "vi", "ne")
     assert set(sendai.queues) == {"general", "disaster", "interpreter"}
     assert len(sendai.agents) == 8 and all(a.endpoint.startswith("PJSIP/") for a in sendai.agents)
@@ -41,7 +40,7 @@ def test_sendai_menus_queues_agents(sendai):
 
 
 def test_sendai_calendar(sendai):
-    cal = sendai.calendar
+    cal = sendai.calendars["center"]
     assert str(cal.hours_on(date(2025, 8, 1))) == "08:00-20:00"    # Friday
     assert str(cal.hours_on(date(2025, 8, 2))) == "08:00-17:00"    # Saturday
     assert str(cal.hours_on(date(2025, 9, 15))) == "08:00-17:00"   # 敬老の日 (Monday)
@@ -52,7 +51,9 @@ def test_sendai_calendar(sendai):
     assert not cal.is_open(datetime(2025, 8, 1, 7, 59, tzinfo=JST))
     assert not cal.is_open(datetime(2025, 8, 1, 20, 0, tzinfo=JST))
     assert cal.is_open(datetime(2025, 8, 1, 10, 0, tzinfo=timezone.utc))  # 19:00 JST
-    assert cal.closed_prompt == "after-hours"
+    assert str(cal.hours_on(date(2030, 9, 23))) == "08:00-17:00"  # 秋分の日 2030: from jpholiday, not typed in
+    offices = sendai.calendars["city-offices"]
+    assert offices.hours_on(date(2025, 8, 2)) is None and offices.hours_on(date(2025, 12, 30)) is None
 
 
 def test_values():
@@ -60,11 +61,6 @@ def test_values():
     assert normalize_number("+81-90-1234-5678") == "09012345678"
     for bad in ("22-398-4894", "0223984894;", "1234", "+1 555 0100", "０２２３９８４８９４"):
         assert normalize_number(bad) is None
-    assert parse_target("queue:general") == Target("queue", "general")
-    assert parse_target("hangup") == Target("hangup")
-    for bad in ("queue", "queue:", "hangup:now", "dial:123", "menu:Main", "queue:a,b", "lang:english"):
-        with pytest.raises(ValueError):
-            parse_target(bad)
     assert str(parse_time_range("00:00-24:00")) == "00:00-24:00"
     for bad in ("8:00-20:00", "20:00-08:00", "08:00-24:30", "08:00", "08:60-09:00"):
         with pytest.raises(ValueError):
@@ -92,18 +88,17 @@ def test_every_problem_is_reported_together(site_copy):
     d = site_copy
     edit(d / "site.toml", 'timezone = "Asia/Tokyo"', 'timezone = "Asia/Sendai"\ncolour = "green"')
     edit(d / "site.toml", 'number = "022-398-5905"', 'number = "022-398-4894"')          # duplicate
-    edit(d / "site.toml", 'menu = "main"', 'menu = "mian"')                               # dangling
+    edit(d / "site.toml", 'flow = "main"', 'flow = "mian"')                               # dangling
     edit(d / "site.toml", 'mode = "disaster"', 'mode = "emergency"')
-    edit(d / "menus.toml", 'timeout = 5\nretries = 2', 'timeout = "5"\nretries = 2')      # wrong type
-    edit(d / "menus.toml", '"1" = "queue:general"', '"1" = "queue:generl"')               # dangling queue
-    edit(d / "menus.toml", '"9" = "menu:language"', '"9" = "menu:langauge"')              # dangling menu
-    edit(d / "menus.toml", '"6" = "lang:ne"', '"6" = "lang:fr"\n"x" = "hangup"')          # unknown lang, bad key
-    edit(d / "menus.toml", 'on_invalid = "queue:disaster"', 'on_invalid = "dial:110"')
-    edit(d / "menus.toml", 'on_timeout = "queue:general"', 'on_timeout = "transfer:nowhere"')         # dangling dir
-    edit(d / "menus.toml", '"2" = "message:faq-guide"', '"2" = "message:FAQ guide"')               # bad prompt id
-    edit(d / "menus.toml", 'prompt = "language-menu"', 'prompt = "language-menu"\ngreeting = "x"')  # unknown key
+    edit(d / "flows.toml", 'timeout = 5\nretries = 2', 'timeout = "5"\nretries = 2')      # wrong type
+    edit(d / "flows.toml", 'queue = "general"', 'queue = "generl"')                        # dangling queue
+    edit(d / "flows.toml", '"9" = "language" }', '"9" = "langauge" }')                     # dangling node
+    edit(d / "flows.toml", '"6" = "ne" }', '"6" = "fr", "x" = "ja" }')                     # unknown lang, bad key
+    edit(d / "flows.toml", 'prompt = "faq-guide"', 'prompt = "FAQ guide"')                 # bad prompt id
+    edit(d / "flows.toml", 'prompt = "language-menu"', 'prompt = "language-menu"\ngreeting = "x"')  # unknown key
     edit(d / "queues.toml", 'skill = "disaster"', 'skill = "rescue"')
-    edit(d / "queues.toml", 'max_wait = 300\noverflow = "queue:general"', 'max_wait = -1\noverflow = "queue:general"')
+    edit(d / "queues.toml", 'languages = ["en", "zh", "ko", "vi", "ne"]\nmax_wait = 300',
+         'languages = ["en", "zh", "ko", "vi", "ne"]\nmax_wait = -1')
     edit(d / "agents.csv", "general;disaster,ja\nop1002", "general;cooking,ja;fr\nop1002")  # unknown skill+lang
     edit(d / "agents.csv", "op1003,", "op1002,")                                           # duplicate id
     edit(d / "agents.csv", "PJSIP/op1004", "SIP/op1004")
@@ -111,26 +106,24 @@ def test_every_problem_is_reported_together(site_copy):
          "shisanzei,財政局 税務部 資産課税課,10-02,7251002,17:15-08:30,022-12")
     edit(d / "directory.csv", "gomi,", "Gomi,")
     edit(d / "calendar.toml", 'saturday = "08:00-17:00"', 'saturday = "8am-5pm"')
-    edit(d / "calendar.toml", '"2025-02-24"', '"2025-02-30"')
+    edit(d / "calendar.toml", 'extra = []', 'extra = ["2025-02-30"]')
     with pytest.raises(SiteError) as e:
         load_site(d)
     got = {(Path(p.file).name, p.line, p.field) for p in e.value.problems}
-    s, m, q = d / "site.toml", d / "menus.toml", d / "queues.toml"
+    s, m, q = d / "site.toml", d / "flows.toml", d / "queues.toml"
     a, dr, c = d / "agents.csv", d / "directory.csv", d / "calendar.toml"
     expected = {
         ("site.toml", line_of(s, "Asia/Sendai"), "site.timezone"),
         ("site.toml", line_of(s, "colour"), "site.colour"),
-        ("site.toml", line_of(s, 'menu = "mian"'), "numbers[0].menu"),
+        ("site.toml", line_of(s, 'flow = "mian"'), "numbers[0].flow"),
         ("site.toml", line_of(s, "emergency"), "numbers[1].mode"),
-        ("menus.toml", line_of(m, 'timeout = "5"'), "menus.main.timeout"),
-        ("menus.toml", line_of(m, "generl"), 'menus.main.options.1'),
-        ("menus.toml", line_of(m, "langauge"), 'menus.main.options.9'),
-        ("menus.toml", line_of(m, "lang:fr"), 'menus.language.options.6'),
-        ("menus.toml", line_of(m, '"x" = "hangup"'), "menus.language.options.x"),
-        ("menus.toml", line_of(m, "dial:110"), "menus.disaster.on_invalid"),
-        ("menus.toml", line_of(m, "transfer:nowhere"), "menus.main.on_timeout"),
-        ("menus.toml", line_of(m, "FAQ guide"), "menus.main.options.2"),
-        ("menus.toml", line_of(m, "greeting"), "menus.language.greeting"),
+        ("flows.toml", line_of(m, 'timeout = "5"'), "flows.main.nodes.menu.timeout"),
+        ("flows.toml", line_of(m, "generl"), "flows.main.nodes.general.queue"),
+        ("flows.toml", line_of(m, "langauge"), "flows.main.nodes.menu.options.9"),
+        ("flows.toml", line_of(m, '"fr"'), "flows.main.nodes.language.options.6"),
+        ("flows.toml", line_of(m, '"x" = "ja"'), "flows.main.nodes.language.options.x"),
+        ("flows.toml", line_of(m, "FAQ guide"), "flows.main.nodes.faq.prompt"),
+        ("flows.toml", line_of(m, "greeting = "), "flows.main.nodes.language.greeting"),
         ("queues.toml", line_of(q, "rescue"), "queues.disaster.skill"),
         ("queues.toml", line_of(q, "max_wait = -1"), "queues.interpreter.max_wait"),
         ("agents.csv", line_of(a, "cooking"), "skills"),
@@ -141,17 +134,17 @@ def test_every_problem_is_reported_together(site_copy):
         ("directory.csv", line_of(dr, "10-02"), "hours"),
         ("directory.csv", line_of(dr, "10-02"), "phone"),
         ("directory.csv", line_of(dr, "Gomi"), "id"),
-        ("calendar.toml", line_of(c, "8am"), "hours.saturday"),
-        ("calendar.toml", line_of(c, "2025-02-30"), "holidays.dates"),
+        ("calendar.toml", line_of(c, "8am"), "calendars.center.saturday"),
+        ("calendar.toml", line_of(c, "2025-02-30"), "holidays.extra"),
     }
     assert expected <= got, sorted(expected - got)
     dup = [p for p in e.value.problems if p.field == "numbers[1].number"]
     assert dup and "already published" in dup[0].message
     assert all(str(p).startswith(p.file) for p in e.value.problems)
-    assert {f for f, _, _ in got} == {"site.toml", "menus.toml", "queues.toml", "agents.csv", "directory.csv",
+    assert {f for f, _, _ in got} == {"site.toml", "flows.toml", "queues.toml", "agents.csv", "directory.csv",
                                       "calendar.toml"}
     with pytest.raises(ValueError):
-        load_site(SENDAI).calendar.is_open(datetime(2025, 8, 1, 9, 0))  # naive
+        load_site(SENDAI).calendars["center"].is_open(datetime(2025, 8, 1, 9, 0))  # naive
 
 
 def test_malformed_toml_does_not_hide_other_files(site_copy):
