@@ -238,5 +238,9 @@ def lab_bench_agi(sessions, commands, rounds, servers, as_json):
     click.echo(json.dumps(result, indent=2) if as_json else result["table"])
 
 
+from ivr_prompts.cli import prompts  # noqa: E402  (a group of its own module; light to import)
+
+main.add_command(prompts)
+
 if __name__ == "__main__":
     main()

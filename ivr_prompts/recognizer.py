@@ -22,7 +22,13 @@ lives in :mod:`dialplan.speech`.
   weighs ``exp(score - best score)`` (vosk's alternative confidences are log-likelihoods) and
   the target with the most weight wins, with "no target" (silence, a mixture of phrases, a
   phrase below the match threshold) competing like a target. ``Recognition.confidence`` is the
-  winner's share of the weight times its match score.
+  winner's share of the weight times its match score; below :data:`MIN_CONFIDENCE` (0.6) the
+  answer is "no target" (the n-best scores jitter by about one unit between runs, since the
+  model's feature extraction dithers, so near-ties must not decide).
+* Known limit: the bundled small models have no garbage word worth the name (``<UNK>`` in the
+  Korean one), so an unrelated utterance is decoded as the nearest phrases. Most come out as a
+  mixture of phrases or with a split n-best list and are rejected; a short one that sounds like
+  one phrase is taken for it. The flow should confirm, or offer DTMF, when that matters.
 """
 from __future__ import annotations
 
@@ -47,6 +53,7 @@ with warnings.catch_warnings():
 log = logging.getLogger(__name__)
 
 N_BEST = 10
+MIN_CONFIDENCE = 0.6
 MAX_SECONDS = 60.0
 CHUNK_SECONDS = 0.25
 
@@ -163,10 +170,11 @@ class SpeechRecognizer:
     """Grammar-constrained recognition with one vosk model folder (``None``: speech disabled)."""
 
     def __init__(self, model_dir: Path | None, n_best: int = N_BEST,
-                 max_seconds: float = MAX_SECONDS):
+                 max_seconds: float = MAX_SECONDS, min_confidence: float = MIN_CONFIDENCE):
         self.model_dir = Path(model_dir) if model_dir is not None else None
         self.n_best = n_best
         self.max_seconds = max_seconds
+        self.min_confidence = min_confidence
         self._unavailable_logged = False
         self._lock = threading.Lock()
 
@@ -206,7 +214,7 @@ class SpeechRecognizer:
         if grm is None:
             raise ValueError("no phrase of the grammar can be said with this model's vocabulary")
         alternatives = _decode(model, rate, pcm, grm, self.n_best)
-        return _decide(alternatives, grammar)
+        return _decide(alternatives, grammar, self.min_confidence)
 
     async def recognize_async(self, wav_path: Path, grammar: Grammar) -> Recognition:
         return await asyncio.to_thread(self.recognize, wav_path, grammar)
@@ -266,7 +274,8 @@ def _alternatives(result_json: str) -> list[tuple[str, float]]:
     return [(res.get("text", "").strip(), 0.0)]
 
 
-def _decide(alternatives: list[tuple[str, float]], grammar: Grammar) -> Recognition:
+def _decide(alternatives: list[tuple[str, float]], grammar: Grammar,
+            min_confidence: float = MIN_CONFIDENCE) -> Recognition:
     top = max(c for _, c in alternatives)
     weight: dict[str | None, float] = {}
     best_alt: dict[str | None, tuple[str, float]] = {}
@@ -278,6 +287,7 @@ def _decide(alternatives: list[tuple[str, float]], grammar: Grammar) -> Recognit
     total = sum(weight.values())
     winner = max(weight, key=lambda t: weight[t])
     text, score = best_alt[winner]
-    if winner is None:
-        return Recognition(text=alternatives[0][0], confidence=0.0, target=None)
-    return Recognition(text=text, confidence=round(weight[winner] / total * score, 3), target=winner)
+    confidence = round(weight[winner] / total * score, 3) if winner is not None else 0.0
+    if winner is None or confidence < min_confidence:
+        return Recognition(text=alternatives[0][0], confidence=confidence, target=None)
+    return Recognition(text=text, confidence=confidence, target=winner)

@@ -9,6 +9,7 @@ import asyncio
 import random
 import secrets
 import time
+import wave
 from datetime import datetime, time as dtime, timedelta, timezone
 from zoneinfo import ZoneInfo
 from pathlib import Path
@@ -17,12 +18,13 @@ import click
 
 from agi.app import ROUTE, build_server, database_url, open_storage
 from cti.ami import AMIClient
-from ivr_prompts.catalog import sound_name
+from ivr_prompts.build import build_prompts
+from ivr_prompts.catalog import asterisk_file, sound_name
 
 from .pbx import CallerScript, LabAgent, LabPBX
 from .traffic import plan_calls
 
-PROMPT_SECONDS = 6.0   # lab stand-in length of one prompt until real audio exists
+PROMPT_SECONDS = 6.0   # stand-in length of a prompt for tests that do not build the audio
 
 
 def bundled_site() -> Path:
@@ -32,6 +34,11 @@ def bundled_site() -> Path:
 def lab_sounds(site) -> dict[str, float]:
     """Every sound the site can play, with a plausible length."""
     return {sound_name(p): PROMPT_SECONDS for p in site.prompts}
+
+
+def wav_seconds(path: Path) -> float:
+    with wave.open(str(path)) as w:
+        return w.getnframes() / w.getframerate()
 
 
 class SimClock:
@@ -63,6 +70,15 @@ def lab_agents(site, rng: random.Random) -> list[LabAgent]:
 async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, start: datetime | None = None,
                    echo=click.echo) -> int:
     rng = random.Random(seed)
+    # Real audio: the site's prompts are built (incrementally) and the lab PBX plays those files
+    # by channel language, so prompt lengths and keypress timing are those of the real recordings.
+    report = build_prompts(site.dir, config.storage.prompts_dir)
+    echo(f"prompts: {report.summary()}")
+    if not report.ok:
+        for key, why in report.failed.items():
+            echo(f"  {key}: {why}", err=True)
+        return 1
+    sounds_dir = Path(config.storage.prompts_dir) / "asterisk"
     storage = open_storage(config)
     store = storage.calls
     clock = SimClock(start or next_weekday_morning(datetime.now(timezone.utc), site.timezone), time_scale)
@@ -71,7 +87,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     ami_secret = secrets.token_urlsafe(16)   # lab-only account, lives as long as this run
     pbx = LabPBX(agi_host="127.0.0.1", agi_port=server.port,
                  routes={n.number: f"{ROUTE}?number={n.number}" for n in site.numbers},
-                 agents=lab_agents(site, rng), sounds=lab_sounds(site), time_scale=time_scale,
+                 agents=lab_agents(site, rng), sounds_dir=str(sounds_dir), time_scale=time_scale,
                  trunk=site.trunk.id if site.trunk else "odtrunk", ami_users={"madoguchi": ami_secret})
     await pbx.start()
     # The CTI side watches the same calls over AMI, as it would on a real Asterisk.
@@ -82,7 +98,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     def count(event):
         seen[event.name] = seen.get(event.name, 0) + 1
     watch = ami.subscribe(count, "Newchannel", "Hangup", "BridgeEnter")
-    plan = plan_calls(site, n_calls, rng, prompt_seconds=lambda _p: PROMPT_SECONDS)
+    plan = plan_calls(site, n_calls, rng, prompt_seconds=lambda p: wav_seconds(asterisk_file(sounds_dir, site.languages[0], p)))
     echo(f"madoguchi lab: site {site.name} ({site.id}), {len(site.agents)} operators, {n_calls} calls, "
          f"from {clock().astimezone(ZoneInfo(site.timezone)):%Y-%m-%d %H:%M %Z}, time x{1 / time_scale:.0f}")
     echo(f"  FastAGI server 127.0.0.1:{server.port}   lab PBX AMI 127.0.0.1:{pbx.ami_port}")

@@ -143,14 +143,11 @@ class _Loader:
                     flows, queues, agents, directory, calendars, prompts or {}, trunk)
 
     def _prompts(self) -> dict[str, frozenset[str]] | None:
-        """Which prompt has text in which language; ivr_prompts validates the texts themselves."""
-        data, rep = read_toml(self.d / "prompts.toml", self.problems)
-        if data is None or not isinstance(data.get("prompts"), dict):
-            if data is not None:
-                rep.add(("prompts",), "missing [prompts.<id>] tables")
-            return None
-        return {pid: frozenset(k for k in t if k in self.languages) if isinstance(t, dict) else frozenset()
-                for pid, t in data["prompts"].items()}
+        """Which prompt can be played in which language (text or recording); ivr_prompts checks them."""
+        from ivr_prompts.texts import load_texts
+        before = len(self.problems)
+        available = load_texts(self.d, self.problems, self.languages).available()
+        return None if not available and len(self.problems) > before else available
 
     # site.toml
     def _site(self):
