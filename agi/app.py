@@ -61,10 +61,20 @@ def open_storage(config) -> Storage:
     return Storage(CallStore(engine, caller_key=caller_key(config)), ModeLog(engine))
 
 
+def speech_listener(config):
+    """Speech input when a model folder is configured (the model loads on first use)."""
+    if config.speech.model_dir is None:
+        return None
+    from ivr_prompts.recognizer import SpeechRecognizer
+    from .speech import AGIListener
+    return AGIListener(SpeechRecognizer(config.speech.model_dir), Path(config.storage.data_dir) / "speech")
+
+
 def build_server(config, site, storage: Storage, host: str | None = None, port: int | None = None,
                  **handler_options) -> tuple[FastAGIServer, CallHandler]:
     """``handler_options`` go to CallHandler (e.g. ``now`` for a simulated clock)."""
     storage.modes.refresh(force=True)
+    handler_options.setdefault("listener", speech_listener(config))
     handler = CallHandler(site=site, store=storage.calls, pool=AgentPool.from_site(site), modes=storage.modes,
                           **handler_options)
     limits = ServerLimits(max_sessions=config.agi.max_sessions, idle_timeout=config.agi.idle_timeout,

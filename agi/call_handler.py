@@ -39,7 +39,7 @@ class CallHandler:
     modes: object = None                 # cti.modes.ModeLog, or None: always normal
     now: callable = utcnow               # wall clock for calendars and the call log (tests move it)
     monotonic: callable = time.monotonic
-    recognizer: object = None            # ivr speech recogniser, or None: speech nodes use keys
+    listener: object = None              # agi.speech.AGIListener, or None: speech nodes use keys
     live: dict = field(default_factory=dict)       # uniqueid -> Trail, for views and tests
     waiting: WaitingList = field(default_factory=WaitingList)
     congestion: CongestionMonitor = field(default_factory=CongestionMonitor)
@@ -195,7 +195,7 @@ class CallHandler:
         return flow.Connected(status == "ANSWER", None, "answered" if status == "ANSWER" else (status or "failed").lower())
 
     async def _listen(self, s: AGISession, action: flow.Listen, call_id: str) -> flow.Heard:
-        if self.recognizer is None or not self.recognizer.available:
+        if self.listener is None or not self.listener.available:
             log.info("call %s: speech node without a recogniser; using keys instead", call_id)
             return flow.Heard(False)
-        return await self.recognizer.listen(s, action, call_id)
+        return await self.listener.listen(s, action, call_id)

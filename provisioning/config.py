@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError
 from .problems import Problem, ProblemsError, Reporter, read_toml, take
 
 __all__ = ["Secret", "Config", "AgiConfig", "AmiConfig", "DatabaseConfig", "StorageConfig",
-           "SiteConfig", "AsteriskConfig", "ConfigError", "load_config"]
+           "SiteConfig", "AsteriskConfig", "SpeechConfig", "ConfigError", "load_config"]
 
 
 class ConfigError(ProblemsError):
@@ -96,6 +96,11 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class SpeechConfig:
+    model_dir: Path | None = None     # a vosk model folder; None: speech nodes use keys instead
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     dir: Path | None = None
 
@@ -117,6 +122,7 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     site: SiteConfig = field(default_factory=SiteConfig)
     asterisk: AsteriskConfig = field(default_factory=AsteriskConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
 
 
 _HOST = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$")
@@ -177,7 +183,7 @@ def load_config(path: str | Path | None) -> Config:
         return None if p is None else (base / p).resolve() if not Path(p).is_absolute() else Path(p)
 
     top = take(rep, data, (), {k: (dict, {}) for k in
-                               ("agi", "ami", "database", "storage", "site", "asterisk")})
+                               ("agi", "ami", "database", "storage", "site", "asterisk", "speech")})
 
     a = take(rep, top["agi"] or {}, ("agi",), {
         "listen_host": (str, "127.0.0.1"), "listen_port": (int, 4573), "max_sessions": (int, 1000),
@@ -211,6 +217,7 @@ def load_config(path: str | Path | None) -> Config:
     database = _database(rep, d, data_dir, rel)
 
     si = take(rep, top["site"] or {}, ("site",), {"dir": (str, None)})
+    sp = take(rep, top["speech"] or {}, ("speech",), {"model_dir": (str, None)})
     x = take(rep, top["asterisk"] or {}, ("asterisk",), {
         "sip_bind": (str, "127.0.0.1"), "sip_port": (int, 5060), "agi_host": (str, None)})
     _check_host(rep, ("asterisk", "sip_bind"), x["sip_bind"])
@@ -228,6 +235,7 @@ def load_config(path: str | Path | None) -> Config:
         storage=storage,
         site=SiteConfig(rel(si["dir"])),
         asterisk=AsteriskConfig(**x),
+        speech=SpeechConfig(rel(sp["model_dir"])),
     )
 
 

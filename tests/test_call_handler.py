@@ -4,7 +4,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-from datetime import datetime
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 from pathlib import Path
 
@@ -235,3 +235,44 @@ async def test_congestion_is_entered_and_left_automatically(site, store, modes):
         await asyncio.sleep(0.1)
     changes = [(r.value, r.set_by) for r in modes.history() if r.kind == "congestion"]
     assert changes[::-1] == [("on", "auto"), ("off", "auto")]
+
+
+async def test_hangup_mid_prompt_leaves_no_traceback_and_frees_the_session(site, store, modes, caplog):
+    async with Lab(site, store, agents(site), modes) as lab:
+        res = await lab.call(hangup_at=3.0)          # during the recording notice
+        await asyncio.sleep(0.05)
+        assert lab.server.active == 0 and not lab.handler.live and not lab.server._tasks
+    assert res.agistatus == "HANGUP" and store.get(res.uniqueid).outcome == "abandoned"
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+
+
+async def test_menu_timeout_on_the_emulator(site, store, modes):
+    menu = site.flows["main"].nodes["menu"]
+    async with Lab(site, store, agents(site), modes) as lab:
+        res = await lab.call()                        # never presses anything
+    sent = [line for _, d, line in res.trace if d == "app->asterisk"]
+    assert sum(line.startswith("GET DATA madoguchi/main-menu") for line in sent) == menu.retries + 1
+    assert sent.count('STREAM FILE madoguchi/no-input ""') == menu.retries
+    assert store.get(res.uniqueid).ivr_path == "main:hours>welcome>menu>fallback>general" and res.answered_by
+
+
+@pytest.mark.parametrize("key, lang", [("1", "ja"), ("2", "en"), ("3", "zh"), ("4", "ko"), ("5", "vi"), ("6", "ne")])
+async def test_each_language_on_the_emulator(site, store, modes, key, lang):
+    # 9 during the welcome, the language key during its menu, then 1 during the main menu again
+    async with Lab(site, store, agents(site), modes) as lab:
+        res = await lab.call(digits=[(8.0, "9"), (13.5, key), (20.0, "1")])
+    sent = [line for _, d, line in res.trace if d == "app->asterisk"]
+    assert f"SET VARIABLE CHANNEL(language) {lang}" in sent and res.variables.get("CHANNEL(language)", lang) == lang
+    row = store.get(res.uniqueid)
+    assert (row.language, row.outcome) == (lang, "answered")
+    assert row.ivr_path == f"main:hours>welcome>menu>9>language>lang:{lang}>menu>1>general"
+
+
+@pytest.mark.parametrize("hours_in, expect", [(10, "answered"), (73, "closed"), (None, "closed")])
+async def test_disaster_mode_window_on_the_emulator(site, store, modes, hours_in, expect):
+    night = datetime(2026, 11, 25, 3, 0, tzinfo=JST)
+    if hours_in is not None:
+        modes.set_mode("disaster", by="city-hq", at=night - timedelta(hours=hours_in))
+    async with Lab(site, store, agents(site), modes, now=night) as lab:
+        res = await lab.call(digits=[(8.0, "1")])
+    assert store.get(res.uniqueid).outcome == expect

@@ -211,3 +211,39 @@ def test_congestion_enters_at_threshold_and_leaves_below_half():
     assert m.observe(2, 29) is False
     assert m.observe(0, 0) is None
     assert m.observe(1, 61) is True           # the oldest wait alone is enough
+
+
+def test_speech_node_routes_by_phrase_falls_back_and_uses_keys_without_a_model(site):
+    import dataclasses
+    from provisioning.flows import Flow, Node
+    nodes = {
+        "ask": Node("ask", "speech", {"prompt": "department-menu", "phrases": {"市民税": "tax", "ごみ": "garbage"},
+                                      "timeout": 5, "fallback": "human", "dtmf": "keys"}),
+        "keys": Node("keys", "menu", {"prompt": "main-menu", "options": {"1": "tax"}, "timeout": 5, "retries": 0,
+                                      "invalid_prompt": None, "timeout_prompt": None, "fallback": "human"}),
+        "tax": Node("tax", "transfer", {"entry": "shiminzei", "next": "human"}),
+        "garbage": Node("garbage", "tag", {"tag": "garbage", "next": "human"}),
+        "human": Node("human", "queue", {"queue": "general", "skills": [], "next": "bye"}),
+        "bye": Node("bye", "hangup", {"prompt": None}),
+    }
+    number = dataclasses.replace(site.numbers[0], flow="speech", recorded=False)
+    s2 = dataclasses.replace(site, flows={**site.flows, "speech": Flow("speech", "ask", nodes)}, numbers=(number,))
+
+    def heard(h):
+        def answers(action):
+            if isinstance(action, flow.Listen):
+                assert action.phrases == ("市民税", "ごみ") and action.language == "ja"
+                return h
+            if isinstance(action, flow.Collect):
+                return flow.Digits("1")
+            if isinstance(action, (flow.Connect, flow.Transfer)):
+                return flow.Connected(True, "op1001", "answered")
+        return answers
+    _, t = drive(s2, number.number, heard(flow.Heard(True, "市民税")))
+    assert t.outcome == "transferred" and "said:tax" in t.path
+    actions, t = drive(s2, number.number, heard(flow.Heard(True, "ごみ")))
+    assert t.tags == ["garbage"] and next(a for a in actions if isinstance(a, flow.Connect)).tags == ("garbage",)
+    _, t = drive(s2, number.number, heard(flow.Heard(True, None)))
+    assert t.path == "speech:ask>fallback>human" and t.outcome == "answered"
+    _, t = drive(s2, number.number, heard(flow.Heard(False)))
+    assert t.path.startswith("speech:ask>dtmf>keys>1>tax") and t.outcome == "transferred"

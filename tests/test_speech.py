@@ -250,3 +250,46 @@ def test_grammar_words_unknown_to_the_model(ko_recognizer, tmp_path):
     assert grm[:2] == ["세무과", "건강 복지국"] or grm[:2] == ["건강 복지국", "세무과"]
     with pytest.raises(ValueError):
         ko_recognizer.recognize(say("세무과", tmp_path / "a.wav"), Grammar({"zzqxw": "queue:x"}))
+
+
+# ------------------------------------------------------------------ over FastAGI (agi.speech)
+
+@pytest.mark.parametrize("utterance, expect", [("환경국", "환경국"), ("오늘 점심 뭐 먹지", None)])
+async def test_speech_node_over_fastagi(ko_recognizer, tmp_path, utterance, expect):
+    """A fake Asterisk answers RECORD FILE by writing the caller's (synthesized) voice where asked."""
+    import asyncio
+
+    from agi.server import FastAGIServer
+    from agi.speech import AGIListener
+    from dialplan import flow
+    from lab.agi_wire import parse_args
+
+    spool = tmp_path / "spool"
+    listener = AGIListener(ko_recognizer, spool)
+    heard = []
+
+    async def route(s):
+        heard.append(await listener.listen(s, flow.Listen("department-menu", ("세무과", "환경국", "여권"), 5, "ko"),
+                                           s.uniqueid))
+    server = await FastAGIServer({"t": route}, port=0).start()
+    r, w = await asyncio.open_connection("127.0.0.1", server.port)
+    w.write(b"agi_network: yes\nagi_network_script: t\nagi_uniqueid: 1795311999.7\n\n")
+    assert (await r.readline()).startswith(b"STREAM FILE madoguchi/department-menu")
+    w.write(b"200 result=0 endpos=8000\n")
+    record = parse_args((await r.readline()).decode().rstrip("\n"))
+    assert record[:2] == ["RECORD", "FILE"] and record[3:5] == ["wav", "#"]
+    assert Path(record[2]).parent == spool and Path(record[2]).name.startswith("1795311999.7-")
+    path = Path(record[2] + ".wav")
+    say(utterance, path)
+    w.write(b"200 result=0 (timeout) endpos=16000\n")
+    await asyncio.wait_for(r.read(), 30)
+    await server.stop(grace=1)
+    assert heard == [flow.Heard(True, expect)]
+    assert not path.exists()          # the caller's voice is not kept after recognition
+
+
+async def test_speech_node_falls_back_to_keys_without_a_model():
+    from agi.call_handler import CallHandler
+    from dialplan import flow
+    handler = CallHandler(site=None, store=None, pool=None)
+    assert await handler._listen(None, flow.Listen("x", ("a",), 5, "ja"), "1.1") == flow.Heard(False)
