@@ -90,3 +90,20 @@ def test_bad_config_is_a_clean_error(tmp_path):
     result = CliRunner().invoke(cli.main, ["calls", "list", "--config", str(path)])
     assert result.exit_code == 2
     assert f"{path}:2: agi.listen_port" in result.output
+
+
+def test_mode_commands_record_who_and_when(config):
+    runner = CliRunner()
+    assert runner.invoke(cli.main, ["mode", "show", "--config", str(config)]).output.startswith(
+        "mode: normal; congestion: off")
+    r = runner.invoke(cli.main, ["mode", "set", "disaster", "--by", "city-hq", "--reason", "earthquake",
+                                 "--config", str(config)])
+    assert r.exit_code == 0, r.output
+    runner.invoke(cli.main, ["mode", "congestion", "on", "--by", "sv-sato", "--config", str(config)])
+    out = runner.invoke(cli.main, ["mode", "show", "--config", str(config)]).output.splitlines()
+    assert out[0].startswith("mode: disaster since ") and out[0].endswith("congestion: on")
+    assert "congestion on        by sv-sato" in out[1] and "by city-hq  (earthquake)" in out[2]
+    bad = runner.invoke(cli.main, ["mode", "set", "holiday", "--by", "x", "--config", str(config)])
+    assert bad.exit_code == 2
+    missing_who = runner.invoke(cli.main, ["mode", "set", "normal", "--config", str(config)])
+    assert missing_who.exit_code == 2 and "--by" in missing_who.output
