@@ -14,19 +14,14 @@ CONFIG_HELP = "Runtime configuration file (madoguchi.toml). Default: built-in lo
 
 def _load(config_path, site_dir=None):
     """Config and site, or a clean exit listing every problem (file:line: field: message)."""
-    from provisioning.config import ConfigError, load_config
-    from provisioning.site import SiteError, load_site
-    try:
-        config = load_config(config_path)
-        site_path = Path(site_dir) if site_dir else config.site.dir
-        if site_path is None:
-            raise click.UsageError("no site folder: pass --site or set [site] dir in the config")
-        site = load_site(site_path)
-    except (ConfigError, SiteError) as e:
-        for p in e.problems:
-            click.echo(str(p), err=True)
-        raise SystemExit(2)
-    return config, site
+    from provisioning.config import load_config
+    from provisioning.problems import load_or_exit
+    from provisioning.site import load_site
+    config = load_or_exit(load_config, config_path)
+    site_path = Path(site_dir) if site_dir else config.site.dir
+    if site_path is None:
+        raise click.UsageError("no site folder: pass --site or set [site] dir in the config")
+    return config, load_or_exit(load_site, site_path)
 
 
 def _logging(verbose: int) -> None:
@@ -95,15 +90,7 @@ def calls():
 @click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 10000))
 def calls_list(config_path, as_json, limit):
     """One line per call: call id, number dialed, start, IVR path, queue, agent, outcome."""
-    from agi.app import open_storage
-    from provisioning.config import ConfigError, load_config
-    try:
-        config = load_config(config_path)
-    except ConfigError as e:
-        for p in e.problems:
-            click.echo(str(p), err=True)
-        raise SystemExit(2)
-    rows = open_storage(config).calls.list(limit=limit)
+    rows = _storage(config_path).calls.list(limit=limit)
     for line in format_calls(rows, as_json=as_json):
         click.echo(line)
 
@@ -131,15 +118,15 @@ def mode():
     """Service mode: normal, emergency (service suspended), disaster; and the congestion message."""
 
 
-def _modes(config_path):
+def _storage(config_path):
     from agi.app import open_storage
-    from provisioning.config import ConfigError, load_config
-    try:
-        return open_storage(load_config(config_path)).modes
-    except ConfigError as e:
-        for p in e.problems:
-            click.echo(str(p), err=True)
-        raise SystemExit(2)
+    from provisioning.config import load_config
+    from provisioning.problems import load_or_exit
+    return open_storage(load_or_exit(load_config, config_path))
+
+
+def _modes(config_path):
+    return _storage(config_path).modes
 
 
 @mode.command("show")
@@ -188,9 +175,7 @@ def db():
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help=CONFIG_HELP)
 def db_upgrade(config_path):
     """Apply the schema migrations (SQLite or PostgreSQL, from the config's database URL)."""
-    from agi.app import open_storage
-    from provisioning.config import load_config
-    open_storage(load_config(config_path))
+    _storage(config_path)
     click.echo("database at head")
 
 
@@ -211,7 +196,8 @@ def lab_run(config_path, site_dir, n_calls, seed, time_scale):
     """Start the app and the lab PBX, carry a stream of calls through them, print what happened."""
     from lab.demo import bundled_site, run_demo
     from provisioning.config import load_config
-    config = load_config(config_path)
+    from provisioning.problems import load_or_exit
+    config = load_or_exit(load_config, config_path)
     site_path = Path(site_dir) if site_dir else (config.site.dir or bundled_site())
     _, site = _load(config_path, site_path)
     sys.exit(asyncio.run(run_demo(config, site, n_calls=n_calls, seed=seed, time_scale=time_scale)))

@@ -12,13 +12,9 @@ def _paths(config_path, site_dir, out_dir, need_out: bool = True) -> tuple[Path,
     """Site folder and output folder: the options, else the config (else its defaults)."""
     config = None
     if config_path or not site_dir or (need_out and not out_dir):
-        from provisioning.config import ConfigError, load_config
-        try:
-            config = load_config(config_path)
-        except ConfigError as e:
-            for p in e.problems:
-                click.echo(str(p), err=True)
-            raise SystemExit(2)
+        from provisioning.config import load_config
+        from provisioning.problems import load_or_exit
+        config = load_or_exit(load_config, config_path)
     site = Path(site_dir) if site_dir else config.site.dir
     if site is None:
         raise click.UsageError("no site folder: pass --site or set [site] dir in the config")
@@ -81,14 +77,11 @@ def build_cmd(config_path, site_dir, out_dir, languages, force):
 @click.option("--site", "site_dir", type=click.Path(file_okay=False), help="Site folder (overrides the config).")
 def list_cmd(config_path, site_dir):
     """One line per prompt and language: id, language, source (text or recording), text."""
-    from .texts import PromptsError, load_texts
+    from provisioning.problems import load_or_exit
+
+    from .texts import load_texts
     site, _ = _paths(config_path, site_dir, None, need_out=False)
-    try:
-        texts = load_texts(site)
-    except PromptsError as e:
-        for p in e.problems:
-            click.echo(str(p), err=True)
-        raise SystemExit(1)
+    texts = load_or_exit(load_texts, site, code=1)
     for src in texts.sources():
         if src.recording is not None:
             what = f"recording {src.recording.relative_to(site.resolve()).as_posix()}"

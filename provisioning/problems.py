@@ -248,3 +248,15 @@ class _Required:
 
 
 REQUIRED = _Required()
+
+
+def load_or_exit(load, *args, code: int = 2):
+    """For commands: run a loader; on problems print each (file:line: field: message) to stderr
+    and exit with ``code``, instead of a traceback."""
+    try:
+        return load(*args)
+    except ProblemsError as e:
+        import click
+        for p in e.problems:
+            click.echo(str(p), err=True)
+        raise SystemExit(code)
