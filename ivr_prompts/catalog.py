@@ -49,31 +49,3 @@ def asterisk_file(root: str | Path, language: str, prompt: str) -> Path:
 def freeswitch_file(root: str | Path, language: str, prompt: str) -> Path:
     """``<root>/<lang>/madoguchi/8000/<prompt>.wav`` (``root`` is FreeSWITCH's sound_prefix parent)."""
     return Path(root) / check_language(language) / SOUND_FOLDER / str(RATE) / f"{check_prompt_id(prompt)}.wav"
-
-
-def site_prompts(site) -> set[str]:
-    """Every prompt id a site can play: the system prompts plus what its call flows (or, in the
-    older site format, its menus, queue overflows and closed prompt) name."""
-    ids = set(SYSTEM_PROMPTS)
-    for flow in (getattr(site, "flows", None) or {}).values():
-        for node in flow.nodes.values():
-            for key in ("prompt", "invalid_prompt", "timeout_prompt"):
-                value = node.fields.get(key)
-                if value:
-                    ids.add(value)
-    for menu in (getattr(site, "menus", None) or {}).values():
-        ids.add(menu.prompt)
-        for t in [*menu.options.values(), menu.on_timeout, menu.on_invalid]:
-            if t is not None and t.kind == "message":
-                ids.add(t.value)
-    for q in site.queues.values():
-        overflow = getattr(q, "overflow", None)
-        if overflow is not None and overflow.kind == "message":
-            ids.add(overflow.value)
-    calendars = list((getattr(site, "calendars", None) or {}).values())
-    if getattr(site, "calendar", None) is not None:
-        calendars.append(site.calendar)
-    for cal in calendars:
-        if getattr(cal, "closed_prompt", None):
-            ids.add(cal.closed_prompt)
-    return ids

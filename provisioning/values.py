@@ -16,8 +16,6 @@ DIGITS = re.compile(r"^[0-9]{2,16}$")                     # extension / OD trunk
 ENDPOINT = re.compile(r"^PJSIP/([a-z0-9][a-z0-9_-]{0,39})$")
 NATIONAL = re.compile(r"^0[1-9][0-9]{8,9}$")              # Japanese national number, 10-11 digits
 
-TARGET_KINDS = ("menu", "queue", "repeat", "hangup", "lang", "transfer", "message")
-_NO_VALUE = ("repeat", "hangup")
 
 
 def normalize_number(text: str) -> str | None:
@@ -30,30 +28,6 @@ def normalize_number(text: str) -> str | None:
 
 def e164(national: str) -> str:
     return "+81" + national[1:]
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where a menu choice leads: ``kind:value`` (``repeat`` and ``hangup`` have no value)."""
-    kind: str
-    value: str | None = None
-
-    def __str__(self) -> str:
-        return self.kind if self.value is None else f"{self.kind}:{self.value}"
-
-
-def parse_target(text: str) -> Target:
-    kind, sep, value = text.partition(":")
-    if kind not in TARGET_KINDS:
-        raise ValueError(f"unknown target kind {kind!r} in {text!r} (one of: {', '.join(TARGET_KINDS)})")
-    if kind in _NO_VALUE:
-        if sep:
-            raise ValueError(f"{kind!r} takes no value")
-        return Target(kind)
-    pattern = {"lang": LANG, "message": PROMPT_ID}.get(kind, ID)
-    if not pattern.match(value):
-        raise ValueError(f"{kind!r} needs a valid id after ':', got {text!r}")
-    return Target(kind, value)
 
 
 @dataclass(frozen=True)
