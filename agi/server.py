@@ -28,7 +28,7 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from .protocol import AGIProtocolError, Connection, Environment, MAX_LINE, Reply
+from .protocol import AGIProtocolError, Connection, Environment, HangupNotice, MAX_LINE, Reply
 from .session import AGIClosed, AGIHangup, AGISession
 
 log = logging.getLogger("madoguchi.agi")
@@ -61,6 +61,7 @@ class _Link(asyncio.Protocol):
         self.deadline = 0.0
         self.closed = False
         self.started = False
+        self.gone = asyncio.Event()     # set on HANGUP or when the link drops: waits can race it
         self._idle: asyncio.TimerHandle | None = None
         self._paused: asyncio.Future | None = None
 
@@ -82,7 +83,9 @@ class _Link(asyncio.Protocol):
             self.transport.abort()
             return
         for ev in events:
-            if isinstance(ev, Reply):
+            if isinstance(ev, HangupNotice):
+                self.gone.set()
+            elif isinstance(ev, Reply):
                 w, self.waiter = self.waiter, None
                 if w is not None and not w.done():
                     w.set_result(ev)
@@ -147,6 +150,7 @@ class _Link(asyncio.Protocol):
     # -- internals
     def _lost(self, exc):
         self.closed = True
+        self.gone.set()
         w, self.waiter = self.waiter, None
         if w is not None and not w.done():
             if isinstance(exc, AGIClosed):

@@ -38,6 +38,10 @@ class AGISession:
     def closed(self) -> bool:
         return self._link.closed
 
+    async def wait_gone(self) -> None:
+        """Returns when the caller hangs up or the link drops (for waits that send no command)."""
+        await self._link.gone.wait()
+
     @property
     def uniqueid(self) -> str:
         return self.env["uniqueid"]

@@ -338,3 +338,22 @@ async def test_graceful_shutdown_lets_calls_finish_then_cancels():
     assert finished == ["0.1"] and cancelled == ["5"]
     with pytest.raises(OSError):
         await asyncio.open_connection("127.0.0.1", server.port)
+
+
+async def test_wait_gone_wakes_on_an_unsolicited_hangup_between_commands():
+    woke = []
+
+    async def route(s):
+        await s.answer()
+        await asyncio.wait_for(s.wait_gone(), 3)   # no command outstanding: HANGUP must still be seen
+        woke.append(s.hungup)
+    server = await serve({"t": route})
+    r, w = await asyncio.open_connection("127.0.0.1", server.port)
+    w.write(env_block())
+    assert await r.readline() == b"ANSWER\n"
+    w.write(b"200 result=0\n")
+    await asyncio.sleep(0.05)
+    w.write(b"HANGUP\n")
+    assert await asyncio.wait_for(r.read(), 3) == b""
+    assert woke == [True]
+    await server.stop()
