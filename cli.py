@@ -167,6 +167,33 @@ def mode_congestion(switch, by, reason, config_path):
 
 
 @main.group()
+def wfm():
+    """Workforce management: how many operators a forecast needs."""
+
+
+@wfm.command("staffing")
+@click.option("--calls", "calls", required=True, type=click.FloatRange(min=0, min_open=True),
+              help="Calls offered per interval.")
+@click.option("--interval", default=60, show_default=True, type=click.IntRange(1, 1440), help="Minutes.")
+@click.option("--aht", required=True, type=click.FloatRange(min=1), help="Average handling time, seconds.")
+@click.option("--within", default=20, show_default=True, type=click.FloatRange(min=0),
+              help="Service-level threshold, seconds.")
+@click.option("--target", default=0.8, show_default=True, type=click.FloatRange(0, 1, max_open=True),
+              help="Share answered within the threshold.")
+@click.option("--patience", type=click.FloatRange(min=1),
+              help="Mean caller patience in seconds (Erlang A); without it Erlang C.")
+def wfm_staffing(calls, interval, aht, within, target, patience):
+    """Operators needed for one interval (Erlang C, or Erlang A with --patience)."""
+    from acd.staffing import agents_needed
+    s = agents_needed(calls * 60 / interval, aht, within, target, patience)
+    model = f"Erlang A (patience {patience:g} s)" if patience else "Erlang C"
+    click.echo(f"{model}: {s.agents} operators for {calls:g} calls per {interval} min at {aht:g} s")
+    click.echo(f"  service level {s.service_level:.1%} within {within:g} s (target {target:.0%}), "
+               f"ASA {s.asa:.1f} s, P(wait) {s.p_wait:.1%}, occupancy {s.occupancy:.1%}"
+               + (f", abandon {s.p_abandon:.1%}" if patience else ""))
+
+
+@main.group()
 def db():
     """Database schema."""
 
