@@ -251,9 +251,11 @@ def lab_bench_agi(sessions, commands, rounds, servers, as_json):
     click.echo(json.dumps(result, indent=2) if as_json else result["table"])
 
 
-from ivr_prompts.cli import prompts  # noqa: E402  (a group of its own module; light to import)
+from ivr_prompts.cli import prompts  # noqa: E402  (groups of their own modules; light to import)
+from recorder.cli import recordings  # noqa: E402
 
 main.add_command(prompts)
+main.add_command(recordings)
 
 if __name__ == "__main__":
     main()

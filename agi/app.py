@@ -1,4 +1,4 @@
-"""Assembly: config + site -> call log, agent pool and the FastAGI server with its routes."""
+"""Assembly: config + site -> storage, the ACD and the FastAGI server with its routes."""
 from __future__ import annotations
 
 import asyncio
@@ -9,7 +9,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from acd.pool import AgentPool
+from acd.engine import ACD
 
 from .call_handler import CallHandler
 from .server import FastAGIServer, ServerLimits
@@ -46,19 +46,50 @@ def caller_key(config) -> bytes:
 
 @dataclass
 class Storage:
-    calls: object     # cti.calls.CallStore
-    modes: object     # cti.modes.ModeLog
+    calls: object                 # cti.calls.CallStore
+    modes: object                 # cti.modes.ModeLog
+    queue_log: object = None      # acd.queue_log.QueueLogStore
+    agent_states: object = None   # acd.queue_log.AgentStateStore
 
 
 def open_storage(config) -> Storage:
     """The call log and the mode log at the configured URL, migrated to the current schema."""
+    from acd.queue_log import AgentStateStore, QueueLogStore
     from cti.calls import CallStore
     from cti.modes import ModeLog
     from provisioning.db import make_engine, upgrade
     url = database_url(config)
     upgrade(url)
     engine = make_engine(url)
-    return Storage(CallStore(engine, caller_key=caller_key(config)), ModeLog(engine))
+    return Storage(CallStore(engine, caller_key=caller_key(config)), ModeLog(engine), QueueLogStore(engine),
+                   AgentStateStore(engine))
+
+
+def start_agents(handler, storage) -> None:
+    """Agent states survive a restart; on a first start every operator of the site is logged in
+    (until operators log in themselves from their phones and the desktop)."""
+    now = handler.now().timestamp()
+    rows = storage.agent_states.load() if storage.agent_states is not None else []
+    if rows:
+        handler.acd.restore(rows, now)
+    else:
+        for agent in handler.acd.agents():
+            handler.acd.login(agent.id, now)
+    events = handler.acd.drain_events()
+    if storage.queue_log is not None:
+        storage.queue_log.append(events)
+
+
+def call_recorder(config, site):
+    """Full-call recording when recording keys are configured (MADOGUCHI_RECORDING_KEYS or
+    <data_dir>/recording.keys); without keys calls are not recorded, and serve says so."""
+    from recorder.crypto import KeyConfigError
+    from recorder.store import recorder_from_config
+    try:
+        return recorder_from_config(config, site.dir)
+    except KeyConfigError as e:
+        log.warning("recording is OFF: %s", e)
+        return None
 
 
 def speech_listener(config):
@@ -75,8 +106,10 @@ def build_server(config, site, storage: Storage, host: str | None = None, port: 
     """``handler_options`` go to CallHandler (e.g. ``now`` for a simulated clock)."""
     storage.modes.refresh(force=True)
     handler_options.setdefault("listener", speech_listener(config))
-    handler = CallHandler(site=site, store=storage.calls, pool=AgentPool.from_site(site), modes=storage.modes,
-                          **handler_options)
+    handler_options.setdefault("recorder", call_recorder(config, site))
+    handler = CallHandler(site=site, store=storage.calls, acd=ACD.from_site(site), modes=storage.modes,
+                          queue_log=storage.queue_log, agent_states=storage.agent_states, **handler_options)
+    start_agents(handler, storage)
     limits = ServerLimits(max_sessions=config.agi.max_sessions, idle_timeout=config.agi.idle_timeout,
                           command_timeout=config.agi.command_timeout)
     server = FastAGIServer({ROUTE: handler},
@@ -107,7 +140,10 @@ async def serve_forever(config, site) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    server, _ = build_server(config, site, open_storage(config))
+    server, handler = build_server(config, site, open_storage(config))
+    if handler.recorder is not None:           # finish what a crash left half-archived
+        report = await asyncio.to_thread(handler.recorder.reconcile)
+        log.warning("recordings reconciled: %s", report)
     await server.start()
     ami = await connect_ami(config)
     log.warning("madoguchi serving FastAGI on %s:%d (site %s)", server.host, server.port, site.id)

@@ -93,14 +93,101 @@ async def app_mixmonitor(s: "AGISession", data: str) -> int:
     s.chan.set_var("MIXMONITOR_FILENAME", fname)
     s.chan.event("MixMonitorStart", "call")
     s.pbx.recordings.append((s.chan.name, fname))
+    _MixRecording(s.pbx.clock, s.chan, fname).start()
     return 0
 
 
 async def app_stopmixmonitor(s: "AGISession", data: str) -> int:
     if s.chan.mixmonitor:
         s.chan.mixmonitor = None
+        rec = getattr(s.chan, "_mixrecording", None)
+        if rec is not None:
+            rec.stop()
         s.chan.event("MixMonitorStop", "call")
     return 0
+
+
+# --- MixMonitor's file ---------------------------------------------------------------
+# The lab has no audio path, so the recording is synthesised when it stops (StopMixMonitor or
+# the channel's hangup): an 8 kHz mono 16-bit WAV as long as the recording ran in simulated
+# time, a quiet 160 Hz hum with the channel's DTMF digits as their dual tones where they were
+# pressed. Like Asterisk, a file that cannot be written is logged and the call goes on; unlike
+# Asterisk the lab does not create missing folders (so replayed golden paths write nothing).
+
+MIX_RATE = 8000
+_DTMF_HZ = {"1": (697, 1209), "2": (697, 1336), "3": (697, 1477), "A": (697, 1633),
+            "4": (770, 1209), "5": (770, 1336), "6": (770, 1477), "B": (770, 1633),
+            "7": (852, 1209), "8": (852, 1336), "9": (852, 1477), "C": (852, 1633),
+            "*": (941, 1209), "0": (941, 1336), "#": (941, 1477), "D": (941, 1633)}
+
+
+class _MixRecording:
+    """One MixMonitor on one channel: taps DTMF like a listener, writes the WAV once at the end."""
+
+    def __init__(self, clock, chan, path: str):
+        self.clock, self.chan, self.path = clock, chan, path
+        self.marks: list[tuple[float, str]] = []
+        self.t0 = 0.0
+        self.done = False
+
+    def start(self):
+        old = getattr(self.chan, "_mixrecording", None)
+        if old is not None:          # a second MixMonitor replaces the first (the lab keeps one)
+            old.stop()
+        self.t0 = self.clock.now()
+        self.chan._mixrecording = self
+        self.chan._listeners.append(self)      # receives put_nowait(digit) like a DTMF listener
+        self.chan.on_hangup.append(self.stop)
+
+    def put_nowait(self, digit: str):
+        self.marks.append((self.clock.now() - self.t0, digit))
+
+    def stop(self):
+        if self.done:
+            return
+        self.done = True
+        seconds = max(0.0, self.clock.now() - self.t0)
+        for lst in (self.chan._listeners, self.chan.on_hangup):
+            for item in (self, self.stop):
+                if item in lst:
+                    lst.remove(item)
+        if getattr(self.chan, "_mixrecording", None) is self:
+            self.chan._mixrecording = None
+        try:
+            write_mix_wav(self.path, seconds, self.marks)
+        except (OSError, ValueError) as e:
+            import logging
+            logging.getLogger("lab.pbx").warning("MixMonitor: cannot write %s: %s", self.path, e)
+
+
+def write_mix_wav(path: str, seconds: float, marks: list[tuple[float, str]] = ()) -> bool:
+    """Write the synthetic recording; False (nothing written) for a path the lab will not create."""
+    import array
+    import math
+    import os
+    import sys
+    import wave
+    if not os.path.isabs(path) or not path.lower().endswith(".wav") or not os.path.isdir(os.path.dirname(path)):
+        return False
+    n = int(round(seconds * MIX_RATE))
+    period = array.array("h", (int(600 * math.sin(2 * math.pi * i / 50)) for i in range(50)))  # 160 Hz
+    samples = period * (n // 50 + 1)
+    del samples[n:]
+    tone = int(0.2 * MIX_RATE)
+    for t, digit in marks:
+        f1, f2 = _DTMF_HZ.get(digit.upper(), (0, 0))
+        start = int(t * MIX_RATE)
+        for i in range(max(0, start), min(n, start + tone)):
+            x = 2 * math.pi * (i - start) / MIX_RATE
+            samples[i] = int(6000 * (math.sin(f1 * x) + math.sin(f2 * x)))
+    if sys.byteorder == "big":
+        samples.byteswap()
+    with wave.open(path, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(MIX_RATE)
+        w.writeframes(samples.tobytes())
+    return True
 
 
 DIAL_VARS = ("DIALSTATUS", "DIALEDPEERNUMBER", "DIALEDPEERNAME", "ANSWEREDTIME", "ANSWEREDTIME_MS",

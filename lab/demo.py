@@ -36,6 +36,19 @@ def lab_sounds(site) -> dict[str, float]:
     return {sound_name(p): PROMPT_SECONDS for p in site.prompts}
 
 
+def lab_recording_key(config) -> None:
+    """The lab's own recording key (0600, in its data folder), made on first use."""
+    import os
+    from recorder.crypto import KEYS_ENV, new_key_line
+    path = Path(config.storage.data_dir) / "recording.keys"
+    if os.environ.get(KEYS_ENV) or path.exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(new_key_line("lab1") + "\n")
+
+
 def wav_seconds(path: Path) -> float:
     with wave.open(str(path)) as w:
         return w.getnframes() / w.getframerate()
@@ -79,6 +92,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
             echo(f"  {key}: {why}", err=True)
         return 1
     sounds_dir = Path(config.storage.prompts_dir) / "asterisk"
+    lab_recording_key(config)
     storage = open_storage(config)
     store = storage.calls
     clock = SimClock(start or next_weekday_morning(datetime.now(timezone.utc), site.timezone), time_scale)
@@ -115,6 +129,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
         results = await asyncio.gather(*(one(pc) for pc in plan))
         await asyncio.sleep(0.2)   # let the last Hangup events arrive
         live = len(ami.channels)
+        await asyncio.gather(*handler.finalizing)
     finally:
         await watch.close()
         await ami.close()
@@ -134,6 +149,10 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     echo("\noutcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items())))
     echo(f"AMI: {seen['Newchannel']} channels created, {seen['BridgeEnter'] // 2} bridged calls, "
          f"{seen['Hangup']} hangups, {live} channel(s) still live")
+    if handler.recorder is not None:
+        archived = [r for r in (handler.recorder.get(call_id=u) for u in ours) if r is not None]
+        echo(f"recordings: {len(archived)} archived encrypted in {config.storage.recordings_dir} "
+             f"(madoguchi recordings search --user <admin>)")
     echo(f"call log: {database_url(config, hide_password=True)}")
     echo("look again with: madoguchi calls list" + (f" --config {config.path}" if config.path else ""))
     if missing:

@@ -6,7 +6,8 @@ checked, and `SiteError` carries all problems with file, line and field.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -16,7 +17,7 @@ from .problems import REQUIRED, TABLES, Problem, ProblemsError, Reporter, read_t
 from .values import DIGITS, ENDPOINT, ID, LANG, TimeRange, e164, normalize_number, parse_time_range
 
 __all__ = ["Site", "SiteError", "PublishedNumber", "Flow", "Node", "Queue", "Agent", "DirectoryEntry", "Trunk",
-           "Calendar", "Period", "TimeRange", "load_site"]
+           "Calendar", "Period", "TimeRange", "load_site", "STRATEGIES", "DEFAULT_LEVEL", "MAX_LEVEL"]
 
 MODES = ("normal", "disaster")
 
@@ -35,6 +36,12 @@ class PublishedNumber:
     recorded: bool = True  # play the recording notice before any operator answers
 
 
+STRATEGIES = ("longest-idle", "most-skilled", "round-robin")
+FALLBACKS = ("callback", "voicemail", "message:<prompt-id>")
+DEFAULT_LEVEL = 5          # a bare skill in agents.csv ("general") means general:5
+MAX_LEVEL = 10
+
+
 @dataclass(frozen=True)
 class Queue:
     id: str
@@ -42,6 +49,19 @@ class Queue:
     skill: str
     languages: tuple[str, ...]
     max_wait: int
+    # ACD rules (acd/engine.py); defaults keep a queue without them working as before
+    strategy: str = "longest-idle"          # longest-idle | most-skilled | round-robin
+    min_level: int = 1                      # lowest level of `skill` that takes calls at first
+    widen_after: int | None = None          # s of waiting after which any level of `skill` will do
+    open_after: int | None = None           # s after which agents with `overflow_skill` may answer
+    overflow_skill: str | None = None
+    fallback_after: int | None = None       # s after which the caller leaves with `fallback`
+    fallback: str | None = None             # callback | voicemail | message:<prompt-id>
+    wrapup: int = 10                        # s of after-call work before the next call
+    wrapup_until_record: bool = False       # after-call work ends only when the record is saved
+    ring_timeout: int = 20                  # s one operator's phone rings
+    pause_after_misses: int = 2             # consecutive unanswered offers that pause an operator (0: never)
+    max_length: int = 50                    # callers waiting at most; more hear the congestion message
 
 
 @dataclass(frozen=True)
@@ -49,12 +69,19 @@ class Agent:
     id: str
     name: str
     endpoint: str        # PJSIP/op1001
-    skills: tuple[str, ...]
+    skills: tuple[str, ...]          # skill names, e.g. ("general", "disaster")
     languages: tuple[str, ...]
+    levels: dict[str, int] = field(default_factory=dict, compare=False)   # skill -> 1..10
 
     @property
     def endpoint_name(self) -> str:
         return self.endpoint.split("/", 1)[1]
+
+    def level(self, skill: str) -> int:
+        """The agent's level in ``skill``: 0 without it, DEFAULT_LEVEL when no level was written."""
+        if skill not in self.skills:
+            return 0
+        return self.levels.get(skill, DEFAULT_LEVEL)
 
 
 @dataclass(frozen=True)
@@ -131,6 +158,11 @@ class _Loader:
                 if pid not in prompts:
                     self.problems.append(Problem(str(self.d / "prompts.toml"), None, f"prompts.{pid}",
                                                  "prompt played by madoguchi itself is missing"))
+        if prompts is not None:
+            for qid, q in queues.items():
+                if q.fallback and q.fallback.startswith("message:") and q.fallback[8:] not in prompts:
+                    self.queue_rep.add(("queues", qid, "fallback"),
+                                       f"prompt {q.fallback[8:]!r} is not defined in prompts.toml")
         flows = load_flows(self.d / "flows.toml", self.problems, languages=self.languages, queues=queues,
                            directory=directory, calendars=calendars, prompts=prompts)
         for i, n in numbers:
@@ -220,6 +252,7 @@ class _Loader:
     # queues.toml
     def _queues(self) -> dict[str, Queue]:
         data, rep = read_toml(self.d / "queues.toml", self.problems)
+        self.queue_rep = rep
         if data is None:
             return {}
         top = take(rep, data, (), {"queues": (dict, REQUIRED)})
@@ -228,8 +261,13 @@ class _Loader:
             p = ("queues", qid)
             if not ID.match(qid):
                 rep.add(p, "queue id must match [a-z][a-z0-9_-]{0,31}")
-            q = take(rep, raw, p, {"name": (str, REQUIRED), "skill": (str, REQUIRED), "languages": (list, None),
-                                   "max_wait": (int, 300)})
+            q = take(rep, raw, p, {
+                "name": (str, REQUIRED), "skill": (str, REQUIRED), "languages": (list, None),
+                "max_wait": (int, 300), "strategy": (str, "longest-idle"), "min_level": (int, 1),
+                "widen_after": (int, None), "open_after": (int, None), "overflow_skill": (str, None),
+                "fallback_after": (int, None), "fallback": (str, None), "wrapup": (int, 10),
+                "wrapup_until_record": (bool, False), "ring_timeout": (int, 20),
+                "pause_after_misses": (int, 2), "max_length": (int, 50)})
             if q["skill"] is not None and q["skill"] not in self.skills:
                 rep.add(p + ("skill",), f"skill {q['skill']!r} is not listed in site.toml [site] skills")
             langs = self.languages if q["languages"] is None else tuple(q["languages"])
@@ -238,9 +276,54 @@ class _Loader:
                     rep.add(p + ("languages",), f"language {lang!r} is not in site.toml [site] languages", value=lang)
             if q["max_wait"] is not None and not 0 < q["max_wait"] <= 3600:
                 rep.add(p + ("max_wait",), "must be 1-3600 seconds")
+            self._queue_rules(rep, p, q)
             if None not in (q["name"], q["skill"], q["max_wait"]):
-                queues[qid] = Queue(qid, q["name"], q["skill"], langs, q["max_wait"])
+                queues[qid] = Queue(qid, q["name"], q["skill"], langs, q["max_wait"], q["strategy"], q["min_level"],
+                                    q["widen_after"], q["open_after"], q["overflow_skill"], q["fallback_after"],
+                                    q["fallback"], q["wrapup"], q["wrapup_until_record"], q["ring_timeout"],
+                                    q["pause_after_misses"], q["max_length"])
         return queues
+
+    def _queue_rules(self, rep: Reporter, p: tuple, q: dict) -> None:
+        """The ACD fields of one queue: every problem is reported; a wrong value is replaced by its
+        default so the rest of the site is still checked against a usable queue."""
+        wrong: set[str] = {k for k, v in q.items() if v is None and k in _QUEUE_DEFAULTS and _QUEUE_DEFAULTS[k] is not None}
+        for k in wrong:
+            q[k] = _QUEUE_DEFAULTS[k]
+
+        def bad(key, message):
+            rep.add(p + (key,), message)
+            q[key] = _QUEUE_DEFAULTS[key]
+            wrong.add(key)
+        if q["strategy"] is not None and q["strategy"] not in STRATEGIES:
+            bad("strategy", f"must be one of {', '.join(STRATEGIES)}")
+        if q["min_level"] is not None and not 1 <= q["min_level"] <= MAX_LEVEL:
+            bad("min_level", f"must be a level 1-{MAX_LEVEL}")
+        for key, low, high in (("widen_after", 1, 3600), ("open_after", 1, 3600), ("fallback_after", 1, 3600),
+                               ("wrapup", 0, 3600), ("ring_timeout", 5, 300), ("pause_after_misses", 0, 100),
+                               ("max_length", 1, 10000)):
+            if q[key] is not None and not low <= q[key] <= high:
+                bad(key, f"must be {low}-{high}" + (" seconds" if key.endswith(("after", "wrapup", "timeout")) else ""))
+        if q["overflow_skill"] is not None:
+            if q["overflow_skill"] not in self.skills:
+                bad("overflow_skill", f"skill {q['overflow_skill']!r} is not listed in site.toml [site] skills")
+            elif q["overflow_skill"] == q["skill"]:
+                bad("overflow_skill", "must differ from the queue's own skill")
+        if q["fallback"] is not None and not _FALLBACK.match(q["fallback"]):
+            bad("fallback", "must be 'callback', 'voicemail' or 'message:<prompt-id>'")
+        if q["max_wait"] is not None:
+            for key in ("widen_after", "open_after", "fallback_after"):
+                if q[key] is not None and q[key] >= q["max_wait"]:
+                    rep.add(p + (key,), f"must be less than max_wait ({q['max_wait']} s), or it never applies")
+        for first, second, message in (
+                ("open_after", "overflow_skill", "needs overflow_skill (the group that may answer after open_after)"),
+                ("overflow_skill", "open_after", "needs open_after (seconds of waiting before that group may answer)"),
+                ("fallback_after", "fallback", "needs fallback (what the caller gets after fallback_after)"),
+                ("fallback", "fallback_after", "needs fallback_after (seconds of waiting before the fallback)")):
+            if q[first] is not None and q[second] is None:
+                if second not in wrong:
+                    rep.add(p + (first,), message)
+                q[first] = None
 
     # agents.csv
     def _agents(self) -> list[Agent]:
@@ -259,7 +342,9 @@ class _Loader:
                 ok = False
             else:
                 endpoints[r["endpoint"]] = line
-            skills, langs = _split(r["skills"]), _split(r["languages"])
+            skills, levels, levels_ok = self._levels(rep, r["skills"], line)
+            ok = ok and levels_ok
+            langs = _split(r["languages"])
             for col, values, known, where in (("skills", skills, self.skills, "skills"),
                                               ("languages", langs, self.languages, "languages")):
                 if not values:
@@ -270,8 +355,30 @@ class _Loader:
                         rep.add((col,), f"unknown {col[:-1]} {v!r} (not in site.toml [site] {where})", line)
                         ok = False
             if ok:
-                agents.append(Agent(r["id"], r["name"], r["endpoint"], skills, langs))
+                agents.append(Agent(r["id"], r["name"], r["endpoint"], skills, langs, levels))
         return agents
+
+    @staticmethod
+    def _levels(rep: Reporter, cell: str, line: int) -> tuple[tuple[str, ...], dict[str, int], bool]:
+        """``general:7;disaster:3`` -> (("general", "disaster"), {"general": 7, "disaster": 3}, ok).
+
+        A bare skill means level DEFAULT_LEVEL (the format before levels existed).
+        """
+        names, levels, ok = [], {}, True
+        for item in _split(cell):
+            name, sep, level = (v.strip() for v in item.partition(":"))
+            if sep:
+                if not level.isdigit() or not 1 <= int(level) <= MAX_LEVEL:
+                    rep.add(("skills",), f"{item!r}: the level must be 1-{MAX_LEVEL} (like general:7)", line)
+                    ok = False
+                    level = str(DEFAULT_LEVEL)
+            if name in levels:
+                rep.add(("skills",), f"skill {name!r} is listed twice", line)
+                ok = False
+                continue
+            names.append(name)
+            levels[name] = int(level) if sep else DEFAULT_LEVEL
+        return tuple(names), levels, ok
 
     # directory.csv
     def _directory(self) -> dict[str, DirectoryEntry]:
@@ -305,6 +412,12 @@ class _Loader:
                 entries[r["id"]] = DirectoryEntry(r["id"], r["department"], r["extension"], r["trunk_number"],
                                                   hours, phone)
         return entries
+
+_QUEUE_DEFAULTS = {"strategy": "longest-idle", "min_level": 1, "widen_after": None, "open_after": None,
+                   "overflow_skill": None, "fallback_after": None, "fallback": None, "wrapup": 10,
+                   "wrapup_until_record": False, "ring_timeout": 20, "pause_after_misses": 2, "max_length": 50}
+_FALLBACK = re.compile(r"^(callback|voicemail|message:[a-z0-9][a-z0-9_-]{0,63})$")
+
 
 def _split(cell: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in cell.split(";") if v.strip())

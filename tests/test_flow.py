@@ -7,8 +7,6 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from acd.pool import AgentPool
-from acd.waiting import WaitingList
 from dialplan import flow
 from dialplan.modes import CongestionMonitor, ServiceState
 from provisioning.site import load_site
@@ -175,32 +173,6 @@ def test_every_outcome_the_flow_reaches_is_one_the_call_log_accepts(site):
     seen.add(drive(site, "0312345678", keys())[1].outcome)
     assert seen <= set(OUTCOMES)
     assert {"answered", "message", "unanswered", "suspended", "closed", "misrouted"} <= seen
-
-
-def test_pool_picks_longest_idle_with_skills_and_language(site):
-    pool = AgentPool.from_site(site)
-    first = pool.candidates({"general"}, "ja")
-    assert first and all("general" in a.skills for a in first)
-    a = first[0]
-    pool.claim(a.id)
-    with pytest.raises(ValueError):
-        pool.claim(a.id)
-    assert a.id not in [x.id for x in pool.candidates({"general"}, "ja")]
-    pool.release(a.id, now=10.0)
-    assert pool.candidates({"general"}, "ja")[-1].id == a.id  # just finished: idle the shortest
-    assert pool.candidates({"general", "no-such-skill"}) == []
-
-
-def test_waiting_list_priority_then_first_come():
-    w = WaitingList()
-    w.add("a", {"general"}, 0, since=1.0)
-    w.add("b", {"general"}, 0, since=2.0)
-    w.add("d", {"disaster"}, 10, since=3.0)
-    general_op, both_op = frozenset({"general"}), frozenset({"general", "disaster"})
-    assert w.is_next("a", general_op) and not w.is_next("b", general_op)
-    assert w.is_next("d", both_op) and not w.is_next("a", both_op)    # disaster first for whoever can take it
-    assert w.is_next("a", general_op)                                  # a general-only operator is not held up
-    assert w.stats(now=11.0) == (3, 10.0)
 
 
 def test_congestion_enters_at_threshold_and_leaves_below_half():

@@ -99,7 +99,7 @@ def test_every_problem_is_reported_together(site_copy):
     edit(d / "queues.toml", 'skill = "disaster"', 'skill = "rescue"')
     edit(d / "queues.toml", 'languages = ["en", "zh", "ko", "vi", "ne"]\nmax_wait = 300',
          'languages = ["en", "zh", "ko", "vi", "ne"]\nmax_wait = -1')
-    edit(d / "agents.csv", "general;disaster,ja\nop1002", "general;cooking,ja;fr\nop1002")  # unknown skill+lang
+    edit(d / "agents.csv", "general:8;disaster:7,ja\nop1002", "general:8;cooking,ja;fr\nop1002")  # unknown skill+lang
     edit(d / "agents.csv", "op1003,", "op1002,")                                           # duplicate id
     edit(d / "agents.csv", "PJSIP/op1004", "SIP/op1004")
     edit(d / "directory.csv", "shisanzei,財政局 税務部 資産課税課,1002,7251002,08:30-17:15,",
@@ -147,9 +147,62 @@ def test_every_problem_is_reported_together(site_copy):
         load_site(SENDAI).calendars["center"].is_open(datetime(2025, 8, 1, 9, 0))  # naive
 
 
+def test_sendai_acd_rules(sendai):
+    g, d, i = sendai.queues["general"], sendai.queues["disaster"], sendai.queues["interpreter"]
+    assert (g.strategy, g.open_after, g.overflow_skill, g.fallback_after, g.fallback) == \
+        ("longest-idle", 120, "supervisor", 240, "message:congestion")
+    assert (d.strategy, d.min_level, d.widen_after) == ("most-skilled", 5, 60)
+    assert (i.strategy, i.wrapup, i.ring_timeout, i.pause_after_misses, i.max_length) == ("round-robin", 45, 25, 2, 10)
+    assert not g.wrapup_until_record and i.fallback is None and i.min_level == 1
+    op = next(a for a in sendai.agents if a.id == "op1001")
+    assert op.skills == ("general", "disaster") and op.levels == {"general": 8, "disaster": 7}
+    assert "general" in op.skills and op.level("general") == 8 and op.level("interpreter") == 0
+    assert sum("vi" in a.languages for a in sendai.agents) == 1
+
+
+def test_acd_fields_are_validated(site_copy):
+    d = site_copy
+    q, a = d / "queues.toml", d / "agents.csv"
+    edit(q, 'strategy = "longest-idle"', 'strategy = "random"')
+    edit(q, 'min_level = 5', 'min_level = 0')
+    edit(q, 'fallback = "message:congestion"', 'fallback = "message:nope"')
+    edit(q, 'fallback = "message:disaster-congestion"', 'fallback = "sms"')
+    edit(q, 'overflow_skill = "general"', 'overflow_skill = "cooking"')
+    edit(q, 'wrapup = 45', 'wrapup = 45\nopen_after = 400\nwrapup_until_record = "yes"\nfallback_after = 30')
+    edit(q, 'max_length = 10', 'max_length = 0\nhold_music = "x"')
+    edit(q, 'ring_timeout = 25', 'ring_timeout = 1')
+    edit(a, "general:8;disaster:7,ja", "general:11;disaster:x;general,ja")
+    edit(a, "general:6;disaster:4,ja", "general;disaster:4,ja")       # a bare skill is still fine
+    with pytest.raises(SiteError) as e:
+        load_site(d)
+    got = {(Path(p.file).name, p.line, p.field) for p in e.value.problems}
+    expected = {
+        ("queues.toml", line_of(q, '"random"'), "queues.general.strategy"),
+        ("queues.toml", line_of(q, "message:nope"), "queues.general.fallback"),
+        ("queues.toml", line_of(q, "min_level = 0"), "queues.disaster.min_level"),
+        ("queues.toml", line_of(q, '"sms"'), "queues.disaster.fallback"),
+        ("queues.toml", line_of(q, '"cooking"'), "queues.disaster.overflow_skill"),
+        ("queues.toml", line_of(q, "open_after = 400"), "queues.interpreter.open_after"),
+        ("queues.toml", line_of(q, '"yes"'), "queues.interpreter.wrapup_until_record"),
+        ("queues.toml", line_of(q, "fallback_after = 30"), "queues.interpreter.fallback_after"),
+        ("queues.toml", line_of(q, "max_length = 0"), "queues.interpreter.max_length"),
+        ("queues.toml", line_of(q, "ring_timeout = 1"), "queues.interpreter.ring_timeout"),
+        ("queues.toml", line_of(q, "hold_music"), "queues.interpreter.hold_music"),
+        ("agents.csv", line_of(a, "general:11"), "skills"),
+    }
+    assert expected <= got, sorted(expected - got)
+    msgs = {p.message for p in e.value.problems if Path(p.file).name == "agents.csv"}
+    assert any("general:11" in m for m in msgs) and any("disaster:x" in m for m in msgs)
+    assert any("listed twice" in m for m in msgs)
+    assert not any(line == line_of(a, "general;disaster:4") for _, line, _ in got)
+    opened = [p.message for p in e.value.problems if p.field == "queues.interpreter.open_after"]
+    assert any("overflow_skill" in m for m in opened) and any("max_wait" in m for m in opened)
+    assert {Path(p.file).name for p in e.value.problems} == {"queues.toml", "agents.csv"}   # no knock-on errors
+
+
 def test_malformed_toml_does_not_hide_other_files(site_copy):
     (site_copy / "queues.toml").write_text('[queues.general]\nname = "総合案内\n', encoding="utf-8")
-    edit(site_copy / "agents.csv", "general;disaster,ja\nop1002", "general;nope,ja\nop1002")
+    edit(site_copy / "agents.csv", "general:8;disaster:7,ja\nop1002", "general;nope,ja\nop1002")
     with pytest.raises(SiteError) as e:
         load_site(site_copy)
     probs = {(Path(p.file).name, p.line) for p in e.value.problems}

@@ -291,5 +291,5 @@ async def test_speech_node_over_fastagi(ko_recognizer, tmp_path, utterance, expe
 async def test_speech_node_falls_back_to_keys_without_a_model():
     from agi.call_handler import CallHandler
     from dialplan import flow
-    handler = CallHandler(site=None, store=None, pool=None)
+    handler = CallHandler(site=None, store=None, acd=None)
     assert await handler._listen(None, flow.Listen("x", ("a",), 5, "ja"), "1.1") == flow.Heard(False)

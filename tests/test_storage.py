@@ -22,7 +22,7 @@ def test_upgrade_on_empty_db_is_idempotent(db_url, tmp_path, monkeypatch):
         heads = ScriptDirectory(str(MIGRATIONS)).get_heads()
         assert heads == [current_revision(engine)]
         # the migrations build exactly what the models declare: no drift between the two
-        import cti.calls, cti.modes  # noqa: F401  (register their tables on Base.metadata)
+        import acd.queue_log, cti.calls, cti.modes, recorder.models  # noqa: F401  (register their tables on Base.metadata)
         for table in Base.metadata.tables.values():
             assert {c["name"] for c in inspect(engine).get_columns(table.name)} == set(table.columns.keys()), table.name
         cols = {c["name"] for c in inspect(engine).get_columns("calls")}
