@@ -257,5 +257,25 @@ from recorder.cli import recordings  # noqa: E402
 main.add_command(prompts)
 main.add_command(recordings)
 
+@lab_bench.command("acd")
+@click.option("--agents", default=5000, show_default=True, type=click.IntRange(1, 100000))
+@click.option("--skills", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--waiting", default=2000, show_default=True, type=click.IntRange(1, 100000))
+def lab_bench_acd(agents, skills, waiting):
+    """Routing decision latency of the ACD engine against a naive full scan, side by side."""
+    from lab.bench_acd import run_acd_bench
+    click.echo(run_acd_bench(agents=agents, skills=skills, waiting=waiting)["table"])
+
+
+@lab_bench.command("recording")
+@click.option("--calls", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--seconds", default=300.0, show_default=True, type=click.FloatRange(1, 36000),
+              help="Length of each recorded call.")
+def lab_bench_recording(calls, seconds):
+    """Finalize throughput (hash + encrypt + atomic write) against a plain file copy."""
+    from recorder.bench import run_finalize_bench
+    click.echo(run_finalize_bench(calls=calls, seconds=seconds)["table"])
+
+
 if __name__ == "__main__":
     main()
