@@ -276,3 +276,87 @@ async def test_disaster_mode_window_on_the_emulator(site, store, modes, hours_in
     async with Lab(site, store, agents(site), modes, now=night) as lab:
         res = await lab.call(digits=[(8.0, "1")])
     assert store.get(res.uniqueid).outcome == expect
+
+
+# ------------------------------------------------------------------ ACD on the emulator
+
+@pytest.fixture
+def queue_log(engine):
+    from acd.queue_log import QueueLogStore
+    return QueueLogStore(engine)
+
+
+class ACDLab(Lab):
+    def __init__(self, *a, queue_log=None, **kw):
+        super().__init__(*a, **kw)
+        self.queue_log = queue_log
+
+    async def __aenter__(self):
+        self.server, self.handler = build_server(load_config(None), self.site,
+                                                 Storage(self.store, self.modes, self.queue_log),
+                                                 port=0, now=SimClock(self.now, SCALE), tick_seconds=0.02)
+        await self.server.start()
+        self.pbx = LabPBX(agi_port=self.server.port, time_scale=SCALE, agents=self.agents,
+                          routes={n.number: f"{ROUTE}?number={n.number}" for n in self.site.numbers},
+                          sounds=lab_sounds(self.site), trunk=self.site.trunk.id)
+        await self.pbx.start()
+        return self
+
+    def t(self):
+        return self.handler.now().timestamp()
+
+
+async def test_a_vietnamese_caller_reaches_the_one_vietnamese_speaker(site, store, modes):
+    speakers = [a for a in site.agents if "vi" in a.languages]
+    assert len(speakers) == 1
+    async with ACDLab(site, store, agents(site), modes) as lab:
+        res = await lab.call(digits=[(8.0, "9"), (13.5, "5"), (20.0, "1")])
+    assert res.answered_by == speakers[0].endpoint and store.get(res.uniqueid).language == "vi"
+
+
+@pytest.mark.parametrize("available, stage, after", [
+    ("op1007", "widen", "widen_after"),      # disaster skill below min_level 5: from the widening on
+    ("op1004", "open", "open_after"),        # no disaster skill: the general group, once it opens
+])
+async def test_disaster_queue_overflows_by_wait(site, store, modes, queue_log, available, stage, after):
+    queue = site.queues["disaster"]
+    async with ACDLab(site, store, agents(site), modes, queue_log=queue_log) as lab:
+        for a in site.agents:
+            if a.id != available:
+                lab.handler.acd.pause(a.id, lab.t(), reason="meeting")
+        res = await lab.call(dialed="0223985905", digits=[(8.0, "1")])
+    assert res.answered_by == f"PJSIP/{available}"
+    log = queue_log.list(call_id=res.uniqueid)
+    connect = next(e for e in log if e.event == "CONNECT")
+    assert float(connect.data[0]) >= getattr(queue, after)    # waited until the rule let this agent in
+    assert ("OVERFLOW", stage) in [(e.event, e.data[0]) for e in log]
+
+
+async def test_ring_no_answer_moves_on_and_pauses_the_agent(site, store, modes, queue_log):
+    general = [a for a in site.agents if "general" in a.skills]
+    miss = site.queues["general"].pause_after_misses
+    async with ACDLab(site, store, agents(site, **{general[0].id: "noanswer"}), modes, queue_log=queue_log) as lab:
+        for a in general[1:]:
+            lab.handler.acd.pause(a.id, lab.t(), reason="meeting")
+        keep = general[1]
+        results = []
+        for i in range(miss):
+            lab.handler.acd.unpause(keep.id, lab.t())
+            results.append(await lab.call(digits=[(8.0, "1")], caller_id=f"022111000{i}"))
+            lab.handler.acd.pause(keep.id, lab.t(), reason="meeting")
+        state = lab.handler.acd.agent(general[0].id)
+    assert all(r.answered_by == keep.endpoint for r in results)
+    assert (state.state, state.reason) == ("break", "missed")
+    events = [e.event for e in queue_log.list(agent=general[0].id)]
+    assert events.count("RINGNOANSWER") == miss and "PAUSE" in events
+
+
+async def test_an_abandon_is_logged_with_its_wait(site, store, modes, queue_log):
+    async with ACDLab(site, store, agents(site), modes, queue_log=queue_log) as lab:
+        for a in site.agents:
+            lab.handler.acd.pause(a.id, lab.t(), reason="meeting")
+        res = await lab.call(digits=[(8.0, "1")], patience=60)
+        await asyncio.sleep(0.1)
+    abandon = [e for e in queue_log.list(call_id=res.uniqueid) if e.event == "ABANDON"]
+    assert len(abandon) == 1 and 30 <= float(abandon[0].data[2]) <= 60
+    assert store.get(res.uniqueid).outcome == "abandoned"
