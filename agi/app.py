@@ -146,6 +146,10 @@ async def serve_forever(config, site) -> None:
         log.warning("recordings reconciled: %s", report)
     await server.start()
     ami = await connect_ami(config)
+    if ami is not None:                        # the moment operators answer, for the ACD and the queue log
+        from cti.dial_watch import DialWatch
+        handler.dial_watch = DialWatch(lambda: handler.now().timestamp())
+        ami.subscribe(handler.dial_watch.on_event, "DialEnd")
     log.warning("madoguchi serving FastAGI on %s:%d (site %s)", server.host, server.port, site.id)
     await stop.wait()
     log.warning("shutting down: no new calls, waiting for running calls")

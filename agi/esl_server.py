@@ -34,11 +34,12 @@ from . import esl_protocol as P
 from .esl_protocol import ESLProtocolError, Event, Message
 from .esl_session import ESLClosed, ESLCommandError, ESLError, ESLHangup, ESLSession, ESLTimeout
 
+from .link_server import LinkServer
+
 log = logging.getLogger("madoguchi.esl")
 
 Route = Callable[[ESLSession], Awaitable[None]]
 
-SWEEP_SECONDS = 0.1
 MAX_ABANDONED = 16          # timed-out replies still owed by FreeSWITCH before the link is declared dead
 
 
@@ -105,9 +106,7 @@ class _Link(asyncio.Protocol):
         self.peer = transport.get_extra_info("peername")
         self.server.stats["accepted"] += 1
         self.server._links.add(self)
-        self.task = asyncio.get_running_loop().create_task(self.server._run(self))
-        self.server._tasks.add(self.task)
-        self.task.add_done_callback(self.server._tasks.discard)
+        self.task = self.server._spawn(self.server._run(self))
 
     def data_received(self, data: bytes):
         try:
@@ -343,72 +342,24 @@ class _Link(asyncio.Protocol):
         self.event_waiters = []
 
 
-class ESLServer:
+class ESLServer(LinkServer):
     """``routes`` are chosen by the channel variable ``madoguchi_route`` (set it in the dialplan
     before ``socket``); ``fallback`` takes the rest."""
+
+    protocol_name = "ESL outbound"
 
     def __init__(self, routes: dict[str, Route] | None = None, host: str = "127.0.0.1", port: int = 8084,
                  limits: ESLLimits | None = None, fallback: Route | None = None,
                  route_variable: str = "madoguchi_route"):
+        super().__init__(host, port, limits or ESLLimits())
         self.routes = dict(routes or {})
-        self.host, self.port = host, port
-        self.limits = limits or ESLLimits()
         self.fallback = fallback
         self.route_variable = route_variable
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._links: set[_Link] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
         self.active = 0
         self.stats = {"accepted": 0, "completed": 0, "rejected": 0, "errors": 0, "timeouts": 0, "hangups": 0}
 
-    async def start(self) -> "ESLServer":
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Link(self), self.host, self.port,
-                                                backlog=self.limits.backlog)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
-        log.info("ESL outbound server listening on %s:%d", self.host, self.port)
-        return self
-
-    def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for link in list(self._links):
-            link.expire(now)
-        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
-
-    async def serve_forever(self) -> None:
-        if self._server is None:
-            await self.start()
-        await self._server.serve_forever()
-
-    async def stop(self, grace: float | None = None) -> None:
-        grace = self.limits.grace if grace is None else grace
-        if self._server is not None:
-            self._server.close()
-        for link in list(self._links):
-            if not link.started:
-                link.close()
-        tasks = [t for t in self._tasks if not t.done()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for t in pending:
-                t.cancel()
-            if pending:
-                log.warning("shutdown: %d ESL session(s) cancelled after %.1fs grace", len(pending), grace)
-                await asyncio.gather(*pending, return_exceptions=True)
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self):
-        return await self.start()
-
-    async def __aexit__(self, *exc):
-        await self.stop()
+    def _make_link(self) -> "_Link":
+        return _Link(self)
 
     # ------------------------------------------------------------ per session
     async def _setup(self, link: _Link, session: ESLSession) -> bool:

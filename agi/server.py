@@ -28,14 +28,13 @@ import logging
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from .link_server import LinkServer
 from .protocol import AGIProtocolError, Connection, Environment, HangupNotice, MAX_LINE, Reply
 from .session import AGIClosed, AGIHangup, AGISession
 
 log = logging.getLogger("madoguchi.agi")
 
 Route = Callable[[AGISession], Awaitable[None]]
-
-SWEEP_SECONDS = 0.1  # resolution of command deadlines
 
 
 @dataclass
@@ -92,7 +91,7 @@ class _Link(asyncio.Protocol):
             elif isinstance(ev, Environment):
                 self._idle.cancel()
                 self.started = True
-                self.server._spawn(self, ev)
+                self.server._start_session(self, ev)
 
     def eof_received(self):
         if not self.started:
@@ -168,76 +167,22 @@ class _Link(asyncio.Protocol):
             self.close()
 
 
-class FastAGIServer:
+class FastAGIServer(LinkServer):
+    protocol_name = "FastAGI"
+
     def __init__(self, routes: dict[str, Route], host: str = "127.0.0.1", port: int = 4573,
                  limits: ServerLimits | None = None, fallback: Route | None = None):
+        super().__init__(host, port, limits or ServerLimits())
         self.routes = dict(routes)
-        self.host, self.port = host, port
-        self.limits = limits or ServerLimits()
         self.fallback = fallback
-        self._server: asyncio.base_events.Server | None = None
-        self._tasks: set[asyncio.Task] = set()
-        self._links: set[_Link] = set()
-        self._sweeper: asyncio.TimerHandle | None = None
         self.active = 0
         self.stats = {"accepted": 0, "completed": 0, "rejected": 0, "errors": 0, "timeouts": 0}
 
-    async def start(self) -> "FastAGIServer":
-        loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: _Link(self), self.host, self.port,
-                                                backlog=self.limits.backlog)
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
-        log.info("FastAGI listening on %s:%d", self.host, self.port)
-        return self
+    def _make_link(self) -> "_Link":
+        return _Link(self)
 
-    def _sweep(self) -> None:
-        """Expire overdue replies. One coarse timer for all sessions instead of one per command:
-        a per-command timer and its cancellation were a tenth of the server's CPU (lab.bench)."""
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        for link in list(self._links):
-            link.expire(now)
-        self._sweeper = loop.call_later(SWEEP_SECONDS, self._sweep)
-
-    async def serve_forever(self) -> None:
-        if self._server is None:
-            await self.start()
-        await self._server.serve_forever()
-
-    async def stop(self, grace: float | None = None) -> None:
-        grace = self.limits.grace if grace is None else grace
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            self._sweeper = None
-        if self._server is not None:
-            self._server.close()
-        for link in list(self._links):
-            if not link.started:
-                link.close()
-        tasks = [t for t in self._tasks if not t.done()]
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=grace)
-            for t in pending:
-                t.cancel()
-            if pending:
-                log.warning("shutdown: %d session(s) cancelled after %.1fs grace", len(pending), grace)
-                await asyncio.gather(*pending, return_exceptions=True)
-        if self._server is not None:
-            await self._server.wait_closed()
-
-    async def __aenter__(self):
-        return await self.start()
-
-    async def __aexit__(self, *exc):
-        await self.stop()
-
-    # ------------------------------------------------------------ per session
-
-    def _spawn(self, link: _Link, env: Environment) -> None:
-        task = asyncio.get_running_loop().create_task(self._run(link, env))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _start_session(self, link: "_Link", env: Environment) -> None:
+        self._spawn(self._run(link, env))
 
     async def _run(self, link: _Link, env: Environment) -> None:
         session = AGISession(env, link, self.limits)

@@ -260,7 +260,7 @@ async def test_menu_timeout_on_the_emulator(site, store, modes):
 async def test_each_language_on_the_emulator(site, store, modes, key, lang):
     # 9 during the welcome, the language key during its menu, then 1 during the main menu again
     async with Lab(site, store, agents(site), modes) as lab:
-        res = await lab.call(digits=[(8.0, "9"), (13.5, key), (20.0, "1")])
+        res = await lab.call(digits=[(8.0, "9"), (11.0, key), (17.0, "1")])   # mid-prompt: margin both sides
     sent = [line for _, d, line in res.trace if d == "app->asterisk"]
     assert f"SET VARIABLE CHANNEL(language) {lang}" in sent and res.variables.get("CHANNEL(language)", lang) == lang
     row = store.get(res.uniqueid)
@@ -310,7 +310,7 @@ async def test_a_vietnamese_caller_reaches_the_one_vietnamese_speaker(site, stor
     speakers = [a for a in site.agents if "vi" in a.languages]
     assert len(speakers) == 1
     async with ACDLab(site, store, agents(site), modes) as lab:
-        res = await lab.call(digits=[(8.0, "9"), (13.5, "5"), (20.0, "1")])
+        res = await lab.call(digits=[(8.0, "9"), (11.0, "5"), (17.0, "1")])
     assert res.answered_by == speakers[0].endpoint and store.get(res.uniqueid).language == "vi"
 
 

@@ -63,8 +63,15 @@ async def test_serve_takes_calls_watches_ami_and_stops_cleanly(tmp_path):
     assert proc.returncode == 0, log
     assert "AMI: connected" in log and "stopped" in log
     assert "s3cret-ami" not in log
-    row = CallStore(make_engine(f"sqlite:///{tmp_path / 'data' / 'madoguchi.sqlite3'}")).get(res.uniqueid)
+    engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'madoguchi.sqlite3'}")
+    row = CallStore(engine).get(res.uniqueid)
     assert row.outcome == "answered" and row.ivr_path == "main:hours>welcome>menu>1>general"
+    # AMI's DialEnd told the ACD when the operator picked up: the talk (10 s at x20 = 0.5 s of the
+    # server's real clock) is counted as talk, not as waiting (without AMI it would be ~0)
+    from acd.queue_log import QueueLogStore
+    events = {e.event: e for e in QueueLogStore(engine).list(call_id=res.uniqueid)}
+    wait, talk = float(events["COMPLETEAGENT"].data[0]), float(events["COMPLETEAGENT"].data[1])
+    assert talk >= 0.4 and wait < talk
 
 
 async def test_serve_comes_up_without_ami(tmp_path):
