@@ -112,6 +112,9 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
     def count(event):
         seen[event.name] = seen.get(event.name, 0) + 1
     watch = ami.subscribe(count, "Newchannel", "Hangup", "BridgeEnter")
+    from cti.dial_watch import DialWatch       # as in serve: AMI tells the ACD when operators answer
+    handler.dial_watch = DialWatch(lambda: handler.now().timestamp())
+    answers = ami.subscribe(handler.dial_watch.on_event, "DialEnd")
     plan = plan_calls(site, n_calls, rng, prompt_seconds=lambda p: wav_seconds(asterisk_file(sounds_dir, site.languages[0], p)))
     echo(f"madoguchi lab: site {site.name} ({site.id}), {len(site.agents)} operators, {n_calls} calls, "
          f"from {clock().astimezone(ZoneInfo(site.timezone)):%Y-%m-%d %H:%M %Z}, time x{1 / time_scale:.0f}")
@@ -132,6 +135,7 @@ async def run_demo(config, site, *, n_calls: int, seed: int, time_scale: float, 
         await asyncio.gather(*handler.finalizing)
     finally:
         await watch.close()
+        await answers.close()
         await ami.close()
         await pbx.stop()
         await server.stop()
