@@ -56,13 +56,13 @@ import hashlib
 import inspect
 import itertools
 import logging
-import random
 import time
 import types
 from collections import deque
 from typing import Any, Callable, Iterable
 
 from cti.ami_protocol import MAX_MESSAGE_BYTES, AMIProtocolError, Message, Parser, encode
+from cti.reconnect import supervise
 
 log = logging.getLogger("madoguchi.cti.ami")
 
@@ -75,7 +75,6 @@ CHANNEL_FIELDS = (
     "Priority", "Uniqueid", "Linkedid",
 )
 _UPDATE_EVENTS = {"newstate", "newcallerid", "newconnectedline", "newexten", "rename"}
-_STABLE_LINK_S = 10.0  # a link that lived this long resets the backoff (avoid a flap loop at base delay)
 
 __all__ = [
     "AMIClient", "Subscription", "ListResult", "Message", "AMIException", "AMIError", "AMIAuthError",
@@ -465,34 +464,10 @@ class AMIClient:
             raise AMIAuthError(f"AMI login as {self.username!r} refused: {e.message}", e.response) from None
 
     async def _supervise(self) -> None:
-        attempt = 0
-        while not self._closing:
-            link = self._link
-            reason = await asyncio.shield(link.lost)
-            if self._closing:
-                return
-            if time.monotonic() - link.opened_at >= _STABLE_LINK_S:
-                attempt = 0
-            self.state = "reconnecting"
-            while not self._closing:
-                base, cap = self.backoff
-                d = min(cap, base * (2 ** attempt))
-                delay = random.uniform(d / 2, d)
-                attempt += 1
-                log.warning("AMI link to %s:%d lost (%s); reconnect attempt %d in %.2fs",
-                            self.host, self.port, reason, attempt, delay)
-                await asyncio.sleep(delay)
-                try:
-                    await self._open(initial=False)
-                    break
-                except AMIAuthError as e:
-                    self.state, self.last_error = "auth_failed", e
-                    log.error("AMI re-login refused (%s); not reconnecting until connect() is called", e.message)
-                    self._broadcast(_local_event("MadoguchiAuthFailed", Message=e.message))
-                    return
-                except (OSError, AMIException, AMIProtocolError) as e:
-                    self.last_error = e
-                    reason = f"{type(e).__name__}: {e}"
+        def refused(e):
+            log.error("AMI re-login refused (%s); not reconnecting until connect() is called", e.message)
+            self._broadcast(_local_event("MadoguchiAuthFailed", Message=e.message))
+        await supervise(self, "AMI", AMIAuthError, (OSError, AMIException, AMIProtocolError), refused)
 
     async def _read_loop(self, link: _Link) -> None:
         reason = "EOF"

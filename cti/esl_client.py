@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import logging
-import random
 import time
 from collections import deque
 from typing import Iterable
@@ -34,13 +33,14 @@ from typing import Iterable
 from agi import esl_protocol as P
 from agi.esl_protocol import ESLProtocolError, Event, Message
 from agi.esl_session import ESLCommandError, ESLError, ESLTimeout
+from cti.reconnect import supervise
+
 
 log = logging.getLogger("madoguchi.cti.esl")
 
 __all__ = ["ESLClient", "ESLAuthError", "ESLDisconnected", "ESLTimeout", "ESLCommandError", "ESLError",
            "EventSubscription"]
 
-_STABLE_LINK_S = 10.0
 MAX_ABANDONED = 8
 
 
@@ -320,33 +320,9 @@ class ESLClient:
         return r
 
     async def _supervise(self) -> None:
-        attempt = 0
-        while not self._closing:
-            link = self._link
-            reason = await asyncio.shield(link.lost)
-            if self._closing:
-                return
-            if time.monotonic() - link.opened_at >= _STABLE_LINK_S:
-                attempt = 0
-            self.state = "reconnecting"
-            while not self._closing:
-                base, cap = self.backoff
-                d = min(cap, base * (2 ** attempt))
-                delay = random.uniform(d / 2, d)
-                attempt += 1
-                log.warning("ESL link to %s:%d lost (%s); reconnect attempt %d in %.2fs",
-                            self.host, self.port, reason, attempt, delay)
-                await asyncio.sleep(delay)
-                try:
-                    await self._open(initial=False)
-                    break
-                except ESLAuthError as e:
-                    self.state, self.last_error = "auth_failed", e
-                    log.error("ESL re-auth refused; not reconnecting until connect() is called")
-                    return
-                except (OSError, ESLError, ESLProtocolError) as e:
-                    self.last_error = e
-                    reason = f"{type(e).__name__}: {e}"
+        def refused(e):
+            log.error("ESL re-auth refused; not reconnecting until connect() is called")
+        await supervise(self, "ESL", ESLAuthError, (OSError, ESLError, ESLProtocolError), refused)
 
     async def _read_loop(self, link: _Link) -> None:
         reason = "EOF"
