@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import uuid as _uuid
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Iterable
 from urllib.parse import unquote
@@ -499,3 +500,59 @@ class CommandParser:
                 k, _, v = line.partition(":")
                 hdrs.append((k.strip(), v.strip()))
             out.append((lines[0].strip(), hdrs))
+
+
+# ---------------------------------------------------------------- reply pairing
+
+class ReplySlot:
+    __slots__ = ("kind", "future", "deadline", "abandoned")
+
+    def __init__(self, kind: str, future, deadline: float):
+        self.kind, self.future, self.deadline, self.abandoned = kind, future, deadline, False
+
+
+class ReplyQueue:
+    """Commands waiting for their ``command/reply`` or ``api/response``, used by both the
+    outbound server and the inbound client.
+
+    ESL pairs replies with commands strictly in order and names neither, so a command whose
+    wait timed out keeps its slot (``abandon``): its late reply is then thrown away instead of
+    being taken for the next command's. Too many abandoned slots mean a dead or desynced peer.
+    """
+
+    def __init__(self, max_abandoned: int):
+        self.max_abandoned = max_abandoned
+        self._slots: deque[ReplySlot] = deque()
+
+    def __bool__(self) -> bool:
+        return bool(self._slots)
+
+    def __iter__(self):
+        return iter(self._slots)
+
+    def expect(self, kind: str, future, deadline: float = float("inf")) -> ReplySlot:
+        slot = ReplySlot(kind, future, deadline)
+        self._slots.append(slot)
+        return slot
+
+    def resolve(self, kind: str, msg) -> None:
+        if not self._slots:
+            raise ESLProtocolError(f"{kind} with no command outstanding: {msg.reply_text[:80]!r}")
+        slot = self._slots.popleft()
+        if slot.kind != kind:
+            raise ESLProtocolError(f"expected {slot.kind}, got {kind}: replies out of step")
+        if not slot.abandoned and not slot.future.done():
+            slot.future.set_result(msg)
+
+    def abandon(self, slot: ReplySlot) -> bool:
+        """Give up waiting; True when so many replies are overdue that the link should go."""
+        slot.abandoned = True
+        return sum(1 for s in self._slots if s.abandoned) > self.max_abandoned
+
+    def fail_all(self, err: Exception) -> None:
+        for s in self._slots:
+            if not s.future.done():
+                s.future.set_exception(err)
+                if s.abandoned:
+                    s.future.exception()   # nobody waits for it any more
+        self._slots.clear()

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
@@ -60,13 +59,6 @@ class ESLLimits:
     events: tuple[str, ...] = ()     # extra ``event plain`` names after myevents (e.g. RECORD_START)
 
 
-class _Reply:
-    __slots__ = ("kind", "future", "deadline", "abandoned")
-
-    def __init__(self, kind: str, future: asyncio.Future, deadline: float):
-        self.kind, self.future, self.deadline, self.abandoned = kind, future, deadline, False
-
-
 class _Exec:
     __slots__ = ("app", "arg", "event_uuid", "app_uuid", "future", "deadline", "started")
 
@@ -85,7 +77,7 @@ class _Link(asyncio.Protocol):
         self.parser = P.Parser(max_header=lim.max_header, max_body=lim.max_body)
         self.transport: asyncio.Transport | None = None
         self.peer = None
-        self.replies: deque[_Reply] = deque()
+        self.replies = P.ReplyQueue(MAX_ABANDONED)
         self.execs: list[_Exec] = []
         self.event_waiters: list[tuple[tuple[str, ...], asyncio.Future, float]] = []
         self.channel: dict[str, str] = {}
@@ -152,7 +144,7 @@ class _Link(asyncio.Protocol):
             if msg.is_connect_reply:
                 self.channel = msg.channel_data()
                 self.uuid = self.channel.get("Unique-ID", "")
-            self._on_reply(ct, msg)
+            self.replies.resolve(ct, msg)
         elif ct == "text/event-plain" or ct == "text/event-json":
             self._on_event(Event.from_message(msg))
         elif ct == "text/disconnect-notice":
@@ -164,15 +156,6 @@ class _Link(asyncio.Protocol):
             self._fail_execs()
         else:
             log.debug("ESL %s: ignored %s message", self.uuid, ct or "untyped")
-
-    def _on_reply(self, kind: str, msg: Message) -> None:
-        if not self.replies:
-            raise ESLProtocolError(f"{kind} with no command outstanding: {msg.reply_text[:80]!r}")
-        w = self.replies.popleft()
-        if w.kind != kind:
-            raise ESLProtocolError(f"expected {w.kind}, got {kind}: replies out of step")
-        if not w.abandoned and not w.future.done():
-            w.future.set_result(msg)
 
     def _on_event(self, ev: Event) -> None:
         name = ev.name
@@ -249,17 +232,15 @@ class _Link(asyncio.Protocol):
     async def request(self, data: bytes, kind: str, timeout: float) -> Message:
         self.check_open()
         loop = asyncio.get_running_loop()
-        w = _Reply(kind, loop.create_future(), loop.time() + timeout)
-        self.replies.append(w)
+        w = self.replies.expect(kind, loop.create_future(), loop.time() + timeout)
         self.transport.write(data)
         await self._drained()
         try:
             msg = await w.future
         except ESLTimeout:
-            w.abandoned = True
             verb = data.split(b"\n", 1)[0][:40].decode("utf-8", "replace")
             log.warning("ESL %s: no reply to %r within %.1fs", self.uuid or self.peer, verb, timeout)
-            if sum(1 for r in self.replies if r.abandoned) > MAX_ABANDONED:
+            if self.replies.abandon(w):
                 log.warning("ESL %s: %d replies overdue; closing the link", self.uuid, MAX_ABANDONED)
                 self.close()
             raise ESLTimeout(f"no reply to {verb!r} within {timeout:g}s") from None
@@ -328,10 +309,7 @@ class _Link(asyncio.Protocol):
             err = ESLHangup(f"channel hung up ({self.hangup_cause}); FreeSWITCH closed", self.hangup_cause)
         else:
             err = ESLClosed(f"connection lost: {exc}" if exc else "EOF")
-        for w in self.replies:
-            if not w.future.done():
-                w.future.set_exception(err)
-        self.replies.clear()
+        self.replies.fail_all(err)
         for x in self.execs:
             if not x.future.done():
                 x.future.set_exception(err)

@@ -112,13 +112,6 @@ class EventSubscription:
         self._client._subs.discard(self)
 
 
-class _Slot:
-    __slots__ = ("kind", "future", "abandoned")
-
-    def __init__(self, kind: str, future: asyncio.Future):
-        self.kind, self.future, self.abandoned = kind, future, False
-
-
 class _Link:
     def __init__(self, reader, writer, max_header: int, max_body: int):
         loop = asyncio.get_running_loop()
@@ -126,7 +119,7 @@ class _Link:
         self.parser = P.Parser(max_header=max_header, max_body=max_body)
         self.banner: asyncio.Future = loop.create_future()
         self.lost: asyncio.Future = loop.create_future()
-        self.slots: deque[_Slot] = deque()
+        self.slots = P.ReplyQueue(MAX_ABANDONED)
         self.authed = False
         self.task: asyncio.Task | None = None
         self.opened_at = time.monotonic()
@@ -352,13 +345,7 @@ class ESLClient:
             if not link.banner.done():
                 link.banner.set_result(True)
         elif ct in ("command/reply", "api/response"):
-            if not link.slots:
-                raise ESLProtocolError(f"{ct} with no command outstanding")
-            s = link.slots.popleft()
-            if s.kind != ct:
-                raise ESLProtocolError(f"expected {s.kind}, got {ct}: replies out of step")
-            if not s.abandoned and not s.future.done():
-                s.future.set_result(msg)
+            link.slots.resolve(ct, msg)
         elif ct in ("text/event-plain", "text/event-json"):
             ev = Event.from_message(msg)
             if ev.name == "BACKGROUND_JOB":
@@ -376,8 +363,7 @@ class ESLClient:
     async def _request(self, link: _Link, data: bytes, kind: str, timeout: float | None) -> Message:
         if not link.alive:
             raise ESLDisconnected(f"ESL link lost: {link.lost.result()}")
-        s = _Slot(kind, asyncio.get_running_loop().create_future())
-        link.slots.append(s)
+        s = link.slots.expect(kind, asyncio.get_running_loop().create_future())
         t = self.command_timeout if timeout is None else timeout
         verb = data.split(b" ", 1)[0].split(b"\n", 1)[0].decode()
         log.debug("ESL -> %s", verb)   # never the arguments: auth carries the password
@@ -386,14 +372,13 @@ class ESLClient:
             async with asyncio.timeout(t):
                 return await asyncio.shield(s.future)
         except TimeoutError:
-            s.abandoned = True
-            if sum(1 for x in link.slots if x.abandoned) > MAX_ABANDONED:
+            if link.slots.abandon(s):
                 # replies are paired in order: this many missing means the link is dead or desynced
                 log.warning("ESL %s:%d: %d replies overdue; dropping the link", self.host, self.port, MAX_ABANDONED)
                 self._lost(link, "replies overdue")
             raise ESLTimeout(f"ESL {verb}: no reply within {t:g}s") from None
         except asyncio.CancelledError:
-            s.abandoned = True
+            link.slots.abandon(s)
             raise
 
     def _lost(self, link: _Link, reason: str) -> None:
@@ -408,12 +393,7 @@ class ESLClient:
         except Exception:
             pass
         err = ESLDisconnected(f"ESL link lost: {reason}")
-        for s in link.slots:
-            if not s.future.done():
-                s.future.set_exception(err)
-                if s.abandoned:
-                    s.future.exception()   # nobody waits for it any more
-        link.slots.clear()
+        link.slots.fail_all(err)
         if link is self._link:
             for job, fut in list(self._jobs.items()):
                 if not fut.done():
