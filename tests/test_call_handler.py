@@ -50,11 +50,13 @@ OPEN = datetime(2026, 11, 24, 10, 0, tzinfo=JST)   # a Tuesday morning
 
 
 class Lab:
-    def __init__(self, site, store, agents, modes, now=OPEN):
+    def __init__(self, site, store, agents, modes, now=OPEN, queue_log=None):
         self.site, self.store, self.agents, self.modes, self.now = site, store, agents, modes, now
+        self.queue_log = queue_log
 
     async def __aenter__(self):
-        self.server, self.handler = build_server(load_config(None), self.site, Storage(self.store, self.modes),
+        self.server, self.handler = build_server(load_config(None), self.site,
+                                                 Storage(self.store, self.modes, self.queue_log),
                                                  port=0, now=SimClock(self.now, SCALE), tick_seconds=0.02)
         await self.server.start()
         self.pbx = LabPBX(agi_port=self.server.port, time_scale=SCALE, agents=self.agents,
@@ -66,6 +68,9 @@ class Lab:
     async def __aexit__(self, *exc):
         await self.pbx.stop()
         await self.server.stop(grace=1)
+
+    def t(self):
+        return self.handler.now().timestamp()
 
     async def call(self, **kw):
         kw.setdefault("caller_id", "0221234567")
@@ -286,30 +291,10 @@ def queue_log(engine):
     return QueueLogStore(engine)
 
 
-class ACDLab(Lab):
-    def __init__(self, *a, queue_log=None, **kw):
-        super().__init__(*a, **kw)
-        self.queue_log = queue_log
-
-    async def __aenter__(self):
-        self.server, self.handler = build_server(load_config(None), self.site,
-                                                 Storage(self.store, self.modes, self.queue_log),
-                                                 port=0, now=SimClock(self.now, SCALE), tick_seconds=0.02)
-        await self.server.start()
-        self.pbx = LabPBX(agi_port=self.server.port, time_scale=SCALE, agents=self.agents,
-                          routes={n.number: f"{ROUTE}?number={n.number}" for n in self.site.numbers},
-                          sounds=lab_sounds(self.site), trunk=self.site.trunk.id)
-        await self.pbx.start()
-        return self
-
-    def t(self):
-        return self.handler.now().timestamp()
-
-
 async def test_a_vietnamese_caller_reaches_the_one_vietnamese_speaker(site, store, modes):
     speakers = [a for a in site.agents if "vi" in a.languages]
     assert len(speakers) == 1
-    async with ACDLab(site, store, agents(site), modes) as lab:
+    async with Lab(site, store, agents(site), modes) as lab:
         res = await lab.call(digits=[(8.0, "9"), (11.0, "5"), (17.0, "1")])
     assert res.answered_by == speakers[0].endpoint and store.get(res.uniqueid).language == "vi"
 
@@ -320,7 +305,7 @@ async def test_a_vietnamese_caller_reaches_the_one_vietnamese_speaker(site, stor
 ])
 async def test_disaster_queue_overflows_by_wait(site, store, modes, queue_log, available, stage, after):
     queue = site.queues["disaster"]
-    async with ACDLab(site, store, agents(site), modes, queue_log=queue_log) as lab:
+    async with Lab(site, store, agents(site), modes, queue_log=queue_log) as lab:
         for a in site.agents:
             if a.id != available:
                 lab.handler.acd.pause(a.id, lab.t(), reason="meeting")
@@ -335,7 +320,7 @@ async def test_disaster_queue_overflows_by_wait(site, store, modes, queue_log, a
 async def test_ring_no_answer_moves_on_and_pauses_the_agent(site, store, modes, queue_log):
     general = [a for a in site.agents if "general" in a.skills]
     miss = site.queues["general"].pause_after_misses
-    async with ACDLab(site, store, agents(site, **{general[0].id: "noanswer"}), modes, queue_log=queue_log) as lab:
+    async with Lab(site, store, agents(site, **{general[0].id: "noanswer"}), modes, queue_log=queue_log) as lab:
         for a in general[1:]:
             lab.handler.acd.pause(a.id, lab.t(), reason="meeting")
         keep = general[1]
@@ -352,7 +337,7 @@ async def test_ring_no_answer_moves_on_and_pauses_the_agent(site, store, modes, 
 
 
 async def test_an_abandon_is_logged_with_its_wait(site, store, modes, queue_log):
-    async with ACDLab(site, store, agents(site), modes, queue_log=queue_log) as lab:
+    async with Lab(site, store, agents(site), modes, queue_log=queue_log) as lab:
         for a in site.agents:
             lab.handler.acd.pause(a.id, lab.t(), reason="meeting")
         res = await lab.call(digits=[(8.0, "1")], patience=60)
